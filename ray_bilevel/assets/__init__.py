@@ -1,0 +1,1 @@
+"""Shipped small weights, the scripts that rebuild them, and their loaders."""

@@ -1,0 +1,1 @@
+"""Upper-level metrics: Fréchet distances (Inception and domain), Inception Score, alignment, rewards."""

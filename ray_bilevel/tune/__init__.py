@@ -1,0 +1,1 @@
+"""Ray Tune layer (filled by the lead)."""
