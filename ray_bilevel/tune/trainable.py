@@ -1,0 +1,224 @@
+"""Ray Tune trainables that drive any :class:`~ray_bilevel.tasks.base.Task`.
+
+* :class:`BilevelTrainable` — the gradient-based bilevel method: each ``step()`` runs
+  ``iterations_per_step`` outer iterations (``Task.hyper_step``), then evaluates.
+* :class:`FixedHyperTrainable` — the baselines' trial: the hyperparameters come from the config
+  (chosen by a searcher), each ``step()`` runs lower-level work only (``Task.lower_step``), and the
+  trial reports ``done=True`` once a complete lower-level run (``Task.lower_budget``) is spent.
+
+Both use only ``ray.tune`` names and know nothing of diffusion: everything task-specific goes
+through the Task protocol. Config keys read here (everything else goes to the task):
+
+===========================  ==========================================================================
+``task``                     registered task name or Task subclass (required)
+``preset``                   ``"smoke"``, ``"quick"`` (default) or ``"paper"``; passed to the task
+``iterations_per_step``      outer iterations per Tune iteration (default 1)
+``lower_steps_per_iteration``  FixedHyperTrainable: lower steps per Tune iteration (default: so that
+                             the fixed trial takes as many Tune iterations as the bilevel one)
+``eval_every``               evaluate every N Tune iterations (default 1; the last one always)
+``final_every``              also run the final (expensive) evaluation every N iterations (default 0)
+===========================  ==========================================================================
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from ray import tune
+
+from ray_bilevel.config import ConfigError
+from ray_bilevel.tasks import Task, get_task
+
+__all__ = ["BilevelTrainable", "FixedHyperTrainable", "TRAINABLE_KEYS", "CHECKPOINT_FILE"]
+
+TRAINABLE_KEYS = frozenset({"iterations_per_step", "lower_steps_per_iteration", "eval_every", "final_every"})
+CHECKPOINT_FILE = "ray_bilevel_state.pt"
+_FORMAT = "ray_bilevel.trainable/1"
+
+
+def _positive_int(config: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
+        raise ConfigError(f"config[{key!r}] must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+class _TaskTrainable(tune.Trainable):
+    """Shared plumbing: build the task, evaluate, checkpoint, reset."""
+
+    #: counts units of work done ("outer" for bilevel, "lower" for fixed trials)
+    _kind = ""
+
+    def setup(self, config: dict[str, Any]) -> None:
+        self._build(config)
+
+    def _build(self, config: Mapping[str, Any]) -> None:
+        if "task" not in config:
+            raise ConfigError("config must name a task, e.g. {'task': 'noise_schedule'}; see ray_bilevel.tasks.")
+        task_cls = get_task(config["task"])
+        self.task_config = {k: v for k, v in config.items() if k not in TRAINABLE_KEYS}
+        self.task: Task = task_cls(self.task_config)
+        self.iterations_per_step = _positive_int(config, "iterations_per_step", 1)
+        self.eval_every = _positive_int(config, "eval_every", 1)
+        self.final_every = _positive_int(config, "final_every", 0, minimum=0)
+        self.work_done = 0
+        self.trajectory: list[dict[str, float]] = []
+        self._last_eval: dict[str, float] = {}
+
+    # -- the work of one Tune iteration ----------------------------------------------------
+    def _budget(self) -> int:
+        raise NotImplementedError
+
+    def _work(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def step(self) -> dict[str, Any]:
+        metrics = self._work()
+        done = self.work_done >= self._budget()
+        n = self.iteration + 1  # Tune's counter is incremented after step() returns
+        final = done or (self.final_every > 0 and n % self.final_every == 0)
+        if final or n % self.eval_every == 0:
+            self._last_eval = self.task.evaluate(final=final)
+        hyper = self.task.hyperparameters()
+        for key, value in hyper.items():
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"hyperparameter {key!r} became {value} after {self.work_done} {self._kind} steps; "
+                    "lower the hyper learning rate or raise gamma."
+                )
+        report: dict[str, Any] = {**metrics, **self._last_eval, **hyper}
+        bad = [k for k, v in report.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            warnings.warn(f"non-finite metrics {bad} at {self._kind} step {self.work_done}.", RuntimeWarning, stacklevel=1)
+        self.trajectory.append({f"{self._kind}_steps": float(self.work_done), **hyper})
+        report[f"{self._kind}_steps"] = self.work_done
+        report["final"] = bool(final)
+        report["done"] = done
+        return report
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        state = {
+            "format": _FORMAT,
+            "trainable": type(self).__name__,
+            "task": self.task.name or type(self.task).__name__,
+            "task_state": self.task.state_dict(),
+            "work_done": self.work_done,
+            "trajectory": list(self.trajectory),
+            "last_eval": dict(self._last_eval),
+        }
+        torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        self.task.export(checkpoint_dir)
+
+    def load_checkpoint(self, checkpoint: str | dict | None) -> None:
+        path = os.path.join(str(checkpoint), CHECKPOINT_FILE)
+        if not os.path.exists(path):
+            raise ConfigError(f"{checkpoint!r} is not a ray_bilevel checkpoint (no {CHECKPOINT_FILE} inside).")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling error means a corrupt or foreign file
+            raise ConfigError(f"cannot read checkpoint {path}: {exc}; it is corrupt or not from ray_bilevel.") from exc
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise ConfigError(f"{path} is not a {_FORMAT} checkpoint; it was written by something else.")
+        expected = self.task.name or type(self.task).__name__
+        if state["task"] != expected:
+            raise ConfigError(f"checkpoint {path} is for task {state['task']!r}, but this trial runs {expected!r}.")
+        self.task.load_state_dict(state["task_state"])
+        self.work_done = int(state["work_done"])
+        self.trajectory = list(state["trajectory"])
+        self._last_eval = dict(state["last_eval"])
+
+    # -- actor reuse and PBT ---------------------------------------------------------------
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        """Reuse this actor for ``new_config``.
+
+        If only hyperparameters of the task changed (PBT's explore), they are set in place and
+        the lower-level state is kept; otherwise the task is rebuilt for a new trial.
+        """
+        old = {k: v for k, v in self.task_config.items()}
+        new = {k: v for k, v in new_config.items() if k not in TRAINABLE_KEYS}
+        hyper_keys = set(self.task.hyperparameters())
+        changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+        if changed and changed <= hyper_keys:
+            try:
+                self.task.set_hyperparameters({k: new[k] for k in changed if k in new})
+                self.task_config = new
+                return True
+            except NotImplementedError:
+                pass
+        self._build(new_config)
+        return True
+
+
+class BilevelTrainable(_TaskTrainable):
+    """The first-order bilevel method (Algorithm 1) as a Tune trainable.
+
+    Example::
+
+        tune.run(BilevelTrainable, config={"task": "toy", "seed": 0}, stop={"training_iteration": 20})
+
+    Each report carries the task's metrics, the current hyperparameters by name,
+    ``outer_steps``, ``final`` (whether the expensive evaluation ran) and ``done`` (the outer
+    budget is spent). The hyperparameter trajectory is kept in every checkpoint.
+    """
+
+    _kind = "outer"
+
+    def _budget(self) -> int:
+        return self.task.outer_budget
+
+    def _work(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for _ in range(self.iterations_per_step):
+            if self.work_done >= self._budget():
+                break
+            metrics = self.task.hyper_step()
+            self.work_done += 1
+        return metrics
+
+
+class FixedHyperTrainable(_TaskTrainable):
+    """The baselines' trial: train/sample the lower level at fixed hyperparameters from the config.
+
+    A searcher (grid, random, Bayesian, TPE) or PBT sets the hyperparameters, e.g.
+    ``{"task": "noise_schedule", "preset": "quick", "tau": 1.2}``. The trial spends exactly
+    ``Task.lower_budget`` lower-level steps — the same lower-level work as one bilevel run — in
+    as many Tune iterations as the bilevel run takes, then reports the final evaluation with
+    ``done=True``.
+    """
+
+    _kind = "lower"
+
+    def _build(self, config: Mapping[str, Any]) -> None:
+        super()._build(config)
+        outer_iters = max(1, math.ceil(self.task.outer_budget / self.iterations_per_step))
+        default = max(1, math.ceil(self.task.lower_budget / outer_iters))
+        self.lower_steps_per_iteration = _positive_int(config, "lower_steps_per_iteration", default)
+
+    def _budget(self) -> int:
+        return self.task.lower_budget
+
+    def _work(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for _ in range(self.lower_steps_per_iteration):
+            if self.work_done >= self._budget():
+                break
+            metrics = self.task.lower_step()
+            self.work_done += 1
+        return metrics
+
+    def load_checkpoint(self, checkpoint: str | dict | None) -> None:
+        """Restore the lower-level state; the hyperparameters stay those of this trial's config.
+
+        Under PBT the checkpoint comes from another (better) trial while the config carries the
+        mutated hyperparameters, so the config wins.
+        """
+        super().load_checkpoint(checkpoint)
+        names = set(self.task.hyperparameters())
+        fixed = {k: v for k, v in self.task_config.items() if k in names}
+        if fixed:
+            self.task.set_hyperparameters(fixed)
