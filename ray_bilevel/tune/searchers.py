@@ -1,0 +1,145 @@
+"""Baseline searchers of the benchmark and :func:`make_searcher`, which turns a method name and a
+:class:`~ray_bilevel.tune.spaces.SearchSpace` into what a ``tune.Tuner`` needs.
+
+How each method expresses its space (ALGORITHMS.md §4.9, §5.6):
+
+=========  ==========================================  ===============================================
+method     search_alg                                   param_space
+=========  ==========================================  ===============================================
+grid       ``None`` (Tune's BasicVariantGenerator)      ``tune.grid_search`` per parameter
+random     ``BasicVariantGenerator(random_state=seed)``  ``tune.uniform`` / ``tune.loguniform``
+bayes      :class:`SkoptSearcher` (GP, gp_minimize)     ``{}`` (the searcher owns the space)
+tpe        Ray's ``HyperOptSearch``                    ``{}``
+greedy     :class:`GreedyGridSearcher`                  ``{}``
+=========  ==========================================  ===============================================
+
+The caller merges its constants (``task``, ``preset``, ``seed``, fixed settings) into
+``plan.param_space``; Tune merges them with every suggestion.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from ray_bilevel.config import ConfigError
+from ray_bilevel.tune.greedy import GreedyGridSearcher
+from ray_bilevel.tune.skopt_searcher import SkoptSearcher
+from ray_bilevel.tune.spaces import SearchSpace, as_space, greedy_grids, grid_values
+
+__all__ = ["SkoptSearcher", "GreedyGridSearcher", "SearchPlan", "make_searcher", "METHODS", "initial_points"]
+
+#: Method names :func:`make_searcher` knows.
+METHODS = ("grid", "random", "bayes", "tpe", "greedy")
+
+
+def initial_points(n_calls: int, cap: int = 10) -> int:
+    """Random points before a model-based searcher uses its model: gp_minimize's 10, scaled down
+    for small budgets as ``min(10, max(1, round(2 n / 3)))`` (15 -> 10 and 20 -> 10 as in the paper)."""
+    return min(cap, max(1, round(2 * n_calls / 3)))
+
+
+@dataclasses.dataclass
+class SearchPlan:
+    """What a Tuner needs for one method.
+
+    Attributes:
+        method: the method name.
+        search_alg: pass to ``tune.TuneConfig(search_alg=...)`` (``None`` = Tune's default).
+        param_space: the Tuner's ``param_space`` (merge your constants into it).
+        num_samples: ``tune.TuneConfig(num_samples=...)``.
+        trials: the number of trials the plan runs (the method's budget).
+        searcher: the unwrapped searcher (for ``best`` / ``history``), if any.
+    """
+
+    method: str
+    search_alg: Any
+    param_space: dict[str, Any]
+    num_samples: int
+    trials: int
+    searcher: Any = None
+
+    def tune_config(self, metric: str, mode: str, **kwargs: Any) -> Any:
+        """``tune.TuneConfig`` with this plan's searcher and sample count."""
+        from ray import tune
+
+        return tune.TuneConfig(metric=metric, mode=mode, search_alg=self.search_alg, num_samples=self.num_samples, **kwargs)
+
+
+def make_searcher(
+    name: str,
+    space: SearchSpace | Mapping[str, Any],
+    metric: str,
+    mode: str,
+    seed: int | None = None,
+    num_samples: int | None = None,
+    *,
+    max_concurrent: int | None = 2,
+    **kwargs: Any,
+) -> SearchPlan:
+    """Build the :class:`SearchPlan` of method ``name`` over ``space``.
+
+    Args:
+        name: one of :data:`METHODS`.
+        space: a :class:`SearchSpace` (e.g. ``spaces.noise_schedule_space()``) or a dict of Tune domains.
+        metric, mode: the objective (e.g. ``"fid_domain"``, ``"min"``).
+        seed: the searcher's seed (``None`` = the paper's ``space.random_state``, 42).
+        num_samples: the trial budget (``None`` = ``space.n_calls`` for random / bayes / tpe, the
+            full grids for grid / greedy). For a 1-D grid a budget other than the grid's size
+            spaces that many points evenly (log-evenly) over the grid's span.
+        max_concurrent: trials in flight at once for the model-based searchers (``None`` = no limit).
+        **kwargs: passed to the searcher (e.g. ``acq_func="EI"``, ``n_initial_points=5``, ``penalty=``).
+    """
+    if name not in METHODS:
+        close = difflib.get_close_matches(str(name), METHODS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown search method {name!r}; choose one of {list(METHODS)}.{hint}")
+    if mode not in ("min", "max"):
+        raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}.")
+    if num_samples is not None and num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}.")
+    space = as_space(space)
+    seed = space.random_state if seed is None else seed
+    n = space.n_calls if num_samples is None else num_samples
+
+    if name == "grid":
+        from ray import tune
+
+        one_d = len(space.params) == 1
+        values = {p.name: grid_values(p, num_samples if one_d else None) for p in space.params}
+        trials = math.prod(len(v) for v in values.values())
+        if num_samples is not None and trials != num_samples:
+            warnings.warn(f"the full {'x'.join(str(len(v)) for v in values.values())} grid runs {trials} trials, not num_samples={num_samples}.")
+        return SearchPlan(name, None, {k: tune.grid_search(v) for k, v in values.items()}, 1, trials)
+
+    if name == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        return SearchPlan(name, BasicVariantGenerator(random_state=seed, **kwargs), space.tune_domains(), n, n)
+
+    if name == "greedy":
+        searcher = GreedyGridSearcher(
+            greedy_grids(space, num_samples), space.defaults(), order=space.names, metric=metric, mode=mode, **kwargs
+        )
+        return SearchPlan(name, searcher, {}, searcher.total_trials, searcher.total_trials, searcher)
+
+    if name == "bayes":
+        kwargs.setdefault("acq_func", space.acq_func)
+        kwargs.setdefault("n_initial_points", initial_points(n))
+        searcher = SkoptSearcher(space.skopt_dimensions(), metric, mode, n_calls=n, random_state=seed, **kwargs)
+    else:  # tpe
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        kwargs.setdefault("n_initial_points", initial_points(n))
+        searcher = HyperOptSearch(
+            HyperOptSearch.convert_search_space(space.tune_domains()), metric, mode, random_state_seed=seed, **kwargs
+        )
+    search_alg = searcher
+    if max_concurrent:
+        from ray.tune.search import ConcurrencyLimiter
+
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    return SearchPlan(name, search_alg, {}, n, n, searcher)
