@@ -7,9 +7,18 @@ every Ray process of the user, ENVIRONMENT.md §5 gotcha 6).
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
 import stat
+import subprocess
 import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +31,8 @@ from ray_bilevel.tune.cluster import (
     parse_resources,
     validate_storage_path,
 )
+
+import _ray_procs  # noqa: E402 - tests/ helper
 
 
 # -- parse_resources --------------------------------------------------------------------------
@@ -149,8 +160,6 @@ def test_init_ray_without_a_cluster_names_the_fix(tmp_path):
     Run in a subprocess whose Ray temp dir is empty, so a cluster another process started on
     this machine cannot be found (RAY_ADDRESS unset, ``/tmp/ray/ray_current_cluster`` redirected).
     """
-    import subprocess
-
     code = (
         "import ray_bilevel.tune.cluster as c\n"
         "try:\n    c.init_ray('auto', _temp_dir=%r)\n"
@@ -161,3 +170,153 @@ def test_init_ray_without_a_cluster_names_the_fix(tmp_path):
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("ERR")]
     assert line, out.stdout + out.stderr
     assert "no Ray cluster found at address 'auto'" in line[0] and "ray start --head" in line[0]
+
+
+# -- a real two-node Ray cluster on this machine ----------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+#: what the job's working-dir upload leaves out on top of .gitignore (.venv, results, caches)
+UPLOAD_EXCLUDES = [".git", ".venv", "results", "ray_results", ".pytest_cache", "**/__pycache__", "*.egg-info"]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def listening_hosts(port: int) -> set[str]:
+    """Local addresses with a TCP socket in LISTEN state on ``port`` (IPv4, from /proc/net/tcp)."""
+    hosts = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        ip_hex, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            hosts.add(socket.inet_ntoa(bytes.fromhex(ip_hex)[::-1]))
+    return hosts
+
+
+class TwoNodeCluster:
+    """``ray start --head`` + one ``ray start --address`` worker, each under its own temp dir.
+
+    Token authentication with a fresh random token given through ``RAY_AUTH_TOKEN`` (never the
+    user's ``~/.ray/auth_token``), every port chosen free, the dashboard on 127.0.0.1.
+    """
+
+    def __init__(self) -> None:
+        self.root = tempfile.mkdtemp(prefix="rbc", dir="/tmp")  # short: socket paths <= 107 bytes
+        self.token = uuid.uuid4().hex
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, PATH=bin_dir + os.pathsep + os.environ["PATH"],
+                        OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+        self.env.pop("RAY_AUTH_TOKEN_PATH", None)
+        self.ray = str(Path(bin_dir) / "ray")
+        (self.gcs, self.dash, self.client, self.agent1, self.agent2, self.metrics1, self.metrics2,
+         self.rtenv1, self.rtenv2, self.grpc1, self.grpc2) = free_ports(11)
+        self.dashboard_url = f"http://127.0.0.1:{self.dash}"
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([self.ray, *args], env=env or self.env, capture_output=True, text=True, timeout=timeout)
+
+    def start(self) -> None:
+        head = self.run(
+            "start", "--head", "--num-cpus=1", "--num-gpus=0", f"--port={self.gcs}", f"--temp-dir={self.root}/h",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
+            f"--ray-client-server-port={self.client}", f"--dashboard-agent-listen-port={self.agent1}",
+            f"--dashboard-agent-grpc-port={self.grpc1}", f"--metrics-export-port={self.metrics1}",
+            f"--runtime-env-agent-port={self.rtenv1}", "--disable-usage-stats",
+        )
+        assert head.returncode == 0, head.stdout[-3000:] + head.stderr[-3000:]
+        worker = self.run(
+            "start", f"--address=127.0.0.1:{self.gcs}", "--num-cpus=1", "--num-gpus=0", f"--temp-dir={self.root}/w",
+            '--resources={"rb_worker": 1}', f"--dashboard-agent-listen-port={self.agent2}",
+            f"--dashboard-agent-grpc-port={self.grpc2}", f"--metrics-export-port={self.metrics2}",
+            f"--runtime-env-agent-port={self.rtenv2}", "--disable-usage-stats",
+        )
+        assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+
+    def stop(self) -> list[int]:
+        """Kill exactly the processes of this cluster; returns any that survived."""
+        procs = _ray_procs.snapshot(self.root)
+        _ray_procs.kill(procs)
+        deadline = time.time() + 10
+        while _ray_procs.alive(procs) and time.time() < deadline:
+            time.sleep(0.2)
+        left = _ray_procs.alive(procs)
+        shutil.rmtree(self.root, ignore_errors=True)
+        return left
+
+
+@pytest.mark.slow
+def test_two_node_cluster_job_submit_with_token_auth(tmp_path):
+    """Head + worker via ``ray start``, a job submitted with ``ray job submit --working-dir``.
+
+    The job joins with ``--address auto``, runs its trials on the worker node only (custom
+    resource ``rb_worker``), checkpoints to a shared ``--storage-path``, and reaches the toy's
+    closed-form optimum. Also: the dashboard listens on 127.0.0.1 only, a client without the
+    token is refused, and ``init_ray`` is not captured by the running cluster.
+    """
+    cluster = TwoNodeCluster()
+    try:
+        t0 = time.time()
+        cluster.start()
+        started = time.time() - t0
+        # the dashboard is bound to loopback only
+        assert listening_hosts(cluster.dash) == {"127.0.0.1"}
+        # a client without the token is refused, with the mode set as on the head (ENVIRONMENT.md §5)
+        no_token = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
+        no_token["RAY_AUTH_TOKEN"] = uuid.uuid4().hex
+        refused = cluster.run("job", "list", "--address", cluster.dashboard_url, env=no_token, timeout=60)
+        assert refused.returncode != 0, refused.stdout
+
+        storage, out = tmp_path / "shared", tmp_path / "toy_job.json"
+        t1 = time.time()
+        job = cluster.run(
+            "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(REPO),
+            "--runtime-env-json", json.dumps({"excludes": UPLOAD_EXCLUDES}), "--",
+            "python", "examples/cluster/toy_job.py", "--address", "auto", "--resources-per-trial", "cpu=1,rb_worker=1",
+            "--storage-path", str(storage), "--iterations", "30", "--out", str(out),
+            timeout=400,
+        )
+        submitted = time.time() - t1
+        assert job.returncode == 0 and "OK" in job.stdout, job.stdout[-4000:] + job.stderr[-4000:]
+        summary = json.loads(out.read_text())
+        assert summary["ok"] and summary["nodes_alive"] == 2 and summary["address"] == "auto"
+        assert summary["cluster_resources"]["CPU"] == 2.0 and summary["cluster_resources"]["rb_worker"] == 1.0
+        assert summary["resources_per_trial"] == {"cpu": 1.0, "rb_worker": 1.0}
+        assert [t["seed"] for t in summary["trials"]] == [0, 1]
+        assert all(t["dist_to_opt"] < 1e-2 and t["training_iteration"] == 30 for t in summary["trials"])
+        # checkpoints written on the worker node landed in the shared storage path
+        assert len(list(storage.glob("toy_job/*/checkpoint_*"))) >= 2
+
+        # init_ray(None/"local") is not captured by a running cluster; raw ray.init(num_cpus=...) is
+        probe = textwrap.dedent(
+            f"""
+            import ray
+            from ray_bilevel.tune.cluster import init_ray
+            try:
+                ray.init(num_cpus=1, _temp_dir={cluster.root + '/h'!r})
+            except ValueError as exc:
+                print("TRAPPED", str(exc).splitlines()[0])
+            init_ray("auto", _temp_dir={cluster.root + '/h'!r})
+            print("AUTO", ray.cluster_resources().get("rb_worker"))
+            ray.shutdown()
+            init_ray(None, num_cpus=1, _temp_dir={cluster.root + '/p'!r})
+            print("LOCAL", ray.cluster_resources().get("rb_worker"), ray.cluster_resources()["CPU"])
+            ray.shutdown()
+            """
+        )
+        res = subprocess.run([sys.executable, "-c", probe], env=cluster.env, capture_output=True, text=True, timeout=240)
+        assert "TRAPPED When connecting to an existing cluster, num_cpus and num_gpus must not be provided" in res.stdout, (
+            res.stdout + res.stderr[-3000:]
+        )
+        assert "AUTO 1.0" in res.stdout and "LOCAL None 1.0" in res.stdout, res.stdout + res.stderr[-3000:]
+        print(f"cluster start {started:.1f}s, job {submitted:.1f}s")
+    finally:
+        left = cluster.stop()
+    assert not left, f"processes of the test cluster survived: {left}"

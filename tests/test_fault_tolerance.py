@@ -11,6 +11,7 @@ not import this test module.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,6 +249,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     finally:
         _ray_procs.kill(started)
         _ray_procs.kill(_ray_procs.snapshot(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert not _ray_procs.alive(started)
 
     text = log.read_text()
