@@ -119,29 +119,12 @@ def test_clip_preprocess_matches_clip_image_processor():
         clip_preprocess(x * 127.5, size=24)
 
 
-def _byte_tokenizer():
-    """A minimal CLIP tokenizer (ENVIRONMENT.md §7.3): the 256 byte symbols, with and without </w>, no merges."""
-    from transformers import CLIPTokenizer
-
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    chars = [chr(c) for c in cs]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in chars:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
-
-
 def test_clip_score_with_tiny_random_model(tmp_path):
     from transformers import CLIPConfig, CLIPModel
 
-    tok = _byte_tokenizer()
+    from _tiny_hf import byte_tokenizer
+
+    tok = byte_tokenizer()
     cfg = CLIPConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
                          num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
