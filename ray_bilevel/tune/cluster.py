@@ -13,6 +13,9 @@ before it hands trials to Tune, each checked up front with a one-line error that
   inside ``ray job submit`` (``RAY_ADDRESS`` set) ``None`` joins the job's cluster.
 * :func:`validate_storage_path` — Tune's ``storage_path`` must be an absolute path or a URI
   (``s3://``, ``gs://``, ...); a local folder must be writable.
+* :func:`check_objective` — ``metric``/``mode`` for ``tune.TuneConfig`` and the searchers: a
+  metric whose direction is known (``fid`` is minimised, ``alignment`` maximised) must not be
+  optimised the wrong way.
 
 Nothing here listens on a network interface: a local instance has no dashboard unless asked,
 and then it binds to 127.0.0.1.
@@ -39,6 +42,8 @@ __all__ = [
     "init_ray",
     "validate_storage_path",
     "is_uri",
+    "check_objective",
+    "METRIC_MODES",
     "URI_SCHEMES",
     "DEFAULT_RESOURCES",
 ]
@@ -115,7 +120,7 @@ def _quantity(key: str, value: Any) -> float:
         raise ConfigError(f"resource {key!r}={value!r} is below Ray's precision of {_RESOURCE_UNIT}; use at least {_RESOURCE_UNIT}.")
     if key == "gpu" and q > 1 and not q.is_integer():
         raise ConfigError(
-            f"gpu={value!r}: a trial can share one GPU (gpu < 1) or own whole GPUs, not {value!r}; use gpu={math.floor(q)} or gpu={math.ceil(q)}."
+            f"gpu={q:g}: a trial can share one GPU (gpu < 1) or own whole GPUs; use gpu={math.floor(q)} or gpu={math.ceil(q)}."
         )
     return q
 
@@ -148,9 +153,10 @@ def check_resources_fit(
     for key, need in resources.items():
         have = float(cluster.get(_RAY_NAMES.get(key, key), 0.0))
         if need > have + 1e-9:
+            fix = f"drop {key} from" if have == 0 else f"lower {key} (at most {key}={have:g}) in"
             raise ConfigError(
                 f"each trial asks for {key}={need:g} but the whole Ray cluster has {key}={have:g}; "
-                f"lower --resources-per-trial (e.g. {key}={have:g}) or add nodes with that resource."
+                f"{fix} --resources-per-trial, or add nodes with that resource."
             )
 
 
@@ -291,3 +297,40 @@ def _check_folder(folder: str, shown: str, create: bool) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"storage_path {shown!r} is not writable ({exc.strerror}); pick a writable folder or a URI.") from None
+
+
+#: Directions of the report keys (DESIGN.md "Reports"; the toy's keys for tests and examples).
+METRIC_MODES: dict[str, str] = {
+    "fid": "min",
+    "fid_domain": "min",
+    "lower_loss": "min",
+    "upper_loss": "min",
+    "upper_loss_exact": "min",
+    "dist_to_opt": "min",
+    "alignment": "max",
+    "reward": "max",
+    "is": "max",
+}
+
+
+def check_objective(metric: str, mode: str, task: Any = None) -> None:
+    """Refuse an objective Tune would optimise the wrong way (e.g. ``metric="fid", mode="max"``).
+
+    ``mode`` must be ``"min"`` or ``"max"``. The direction of ``metric`` comes from the task
+    (``Task.metric``/``Task.mode``, when ``task`` — a name or class — is given and the metric is
+    its own) or from :data:`METRIC_MODES`; an unknown metric is accepted as given.
+    """
+    if mode not in ("min", "max"):
+        raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}.")
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"metric must be the name of a reported value such as 'fid_domain', got {metric!r}.")
+    expected = METRIC_MODES.get(metric)
+    if task is not None:
+        from ray_bilevel.tasks import get_task
+
+        cls = get_task(task)
+        if metric == cls.metric:
+            expected = cls.mode
+    if expected is not None and expected != mode:
+        better = "lower" if expected == "min" else "higher"
+        raise ConfigError(f"metric {metric!r} is better {better}, but mode={mode!r} would optimise it the wrong way; use mode={expected!r}.")
