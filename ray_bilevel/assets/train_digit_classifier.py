@@ -11,7 +11,8 @@ stay unseen by the feature network that scores them. Augmentation (all from one 
   distribution;
 * with probability 0.3, Gaussian pixel noise of standard deviation up to 0.1.
 
-A few minutes on 1–2 CPU threads. Writes ``digit_classifier.safetensors`` and
+No label smoothing: calibrated, confident p(y|x) keeps the classifier IS of real digits near 10
+and the class-alignment score near 1. A few minutes on 1–2 CPU threads. Writes ``digit_classifier.safetensors`` and
 ``digit_classifier.json`` (seed, epochs, held-out accuracy at 28×28 and at 16×16, date).
 """
 from __future__ import annotations
@@ -63,7 +64,9 @@ def accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor,
     return correct / len(images)
 
 
-def train(seed: int = 0, epochs: int = 20, batch_size: int = 128, lr: float = 3e-3, log: bool = True) -> tuple[DigitClassifier, dict]:
+def train(
+    seed: int = 0, epochs: int = 20, batch_size: int = 128, lr: float = 3e-3, label_smoothing: float = 0.0, log: bool = True
+) -> tuple[DigitClassifier, dict]:
     """Train on the mnist5k train split; return the model and its record (held-out accuracies)."""
     start = time.time()
     tr = load_images("mnist5k", split="train", heldout_fraction=0.2, split_seed=0)
@@ -85,7 +88,7 @@ def train(seed: int = 0, epochs: int = 20, batch_size: int = 128, lr: float = 3e
             x = augment(tr.images[idx].clone(), gen)
             with torch.random.fork_rng():
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # dropout mask
-                loss = F.cross_entropy(model(x), tr.labels[idx], label_smoothing=0.05)
+                loss = F.cross_entropy(model(x), tr.labels[idx], label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -101,6 +104,7 @@ def train(seed: int = 0, epochs: int = 20, batch_size: int = 128, lr: float = 3e
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
+        "label_smoothing": label_smoothing,
         "train_data": "mnist5k split=train heldout_fraction=0.2 split_seed=0 (4000 images)",
         "heldout_accuracy_28": accuracy(model, ho28.images, ho28.labels),
         "heldout_accuracy_16": accuracy(model, ho16.images, ho16.labels),
