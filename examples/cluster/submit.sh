@@ -5,6 +5,7 @@
 #   examples/cluster/submit.sh                         # both tasks, --preset paper
 #   examples/cluster/submit.sh --task reward_lambda    # extra arguments go to compare.py
 #   examples/cluster/submit.sh --resume                # continue an interrupted experiment
+#   examples/cluster/submit.sh --set data_root=/mnt/shared/data   # --preset paper needs full MNIST (MNIST/raw)
 #
 # Settings (environment variables, with their defaults):
 #   RAY_DASHBOARD   http://127.0.0.1:8265          the head's dashboard (local end of the ssh tunnel)
