@@ -102,9 +102,13 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     """‖μ_a − μ_b‖² + tr Σ_a + tr Σ_b − 2 Σ_k sqrt(λ_k(Σ_a^{1/2} Σ_b Σ_a^{1/2})), float64 (§5.4)."""
     if a.mu.shape != b.mu.shape:
         raise ConfigError(f"feature dimensions differ: {tuple(a.mu.shape)} vs {tuple(b.mu.shape)}; use the same extractor.")
+    return _frechet(a, b, _psd_sqrt(a.sigma.to(torch.float64)))
+
+
+def _frechet(a: FeatureStats, b: FeatureStats, root_a: torch.Tensor) -> float:
+    """:func:`frechet_distance` given Σ_a^{1/2} (reused by :class:`FIDEvaluator` across calls)."""
     mu_a, mu_b = a.mu.to(torch.float64), b.mu.to(torch.float64)
     s_a, s_b = a.sigma.to(torch.float64), b.sigma.to(torch.float64)
-    root_a = _psd_sqrt(s_a)
     m = root_a @ s_b @ root_a
     trace_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0.0).sqrt().sum()
     diff = mu_a - mu_b
@@ -153,6 +157,7 @@ class FIDEvaluator:
         self.shrinkage = shrinkage
         self.cache_path = cache_dir() / "fid_stats" / f"{_safe(extractor.name)}-{self._key(real_images, cache_key)}.npz"
         self.real = self._load() or self._compute_and_store(real_images)
+        self._real_root = _psd_sqrt(self.real.sigma)  # Σ_r^{1/2}, once: each call then needs one eigvalsh
 
     def _key(self, real_images: torch.Tensor, cache_key: str | None) -> str:
         h = hashlib.sha1()
@@ -197,7 +202,7 @@ class FIDEvaluator:
                 f"use >= {dim + 1} images or shrinkage > 0.",
                 stacklevel=2,
             )
-        return frechet_distance(self.real, self.stats(fake_images))
+        return _frechet(self.real, self.stats(fake_images), self._real_root)
 
 
 def _safe(name: str) -> str:
