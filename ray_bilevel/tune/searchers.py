@@ -88,8 +88,9 @@ def make_searcher(
         metric, mode: the objective (e.g. ``"fid_domain"``, ``"min"``).
         seed: the searcher's seed (``None`` = the paper's ``space.random_state``, 42).
         num_samples: the trial budget (``None`` = ``space.n_calls`` for random / bayes / tpe, the
-            full grids for grid / greedy). For a 1-D grid a budget other than the grid's size
-            spaces that many points evenly (log-evenly) over the grid's span.
+            full grids for grid / greedy). A grid with a budget takes floor(budget^(1/d)) points per
+            coordinate, evenly (log-evenly) spaced over each grid's span (1-D: exactly ``budget``
+            points; 5 points over the lambda grid's span are the released grid).
         max_concurrent: trials in flight at once for the model-based searchers (``None`` = no limit).
         **kwargs: passed to the searcher (e.g. ``acq_func="EI"``, ``n_initial_points=5``, ``penalty=``).
     """
@@ -108,11 +109,14 @@ def make_searcher(
     if name == "grid":
         from ray import tune
 
-        one_d = len(space.params) == 1
-        values = {p.name: grid_values(p, num_samples if one_d else None) for p in space.params}
+        d = len(space.params)
+        # a budget spreads k = floor(budget^(1/d)) points per coordinate (k = 1: the default value)
+        k = None if num_samples is None else max(1, int(math.floor(num_samples ** (1.0 / d) + 1e-9)))
+        values = {p.name: grid_values(p, k) for p in space.params}
         trials = math.prod(len(v) for v in values.values())
         if num_samples is not None and trials != num_samples:
-            warnings.warn(f"the full {'x'.join(str(len(v)) for v in values.values())} grid runs {trials} trials, not num_samples={num_samples}.")
+            warnings.warn(f"a {'x'.join(str(len(v)) for v in values.values())} grid runs {trials} trials "
+                          f"of the budget num_samples={num_samples}.")
         return SearchPlan(name, None, {k: tune.grid_search(v) for k, v in values.items()}, 1, trials)
 
     if name == "random":

@@ -24,6 +24,7 @@ __all__ = [
     "noise_schedule_space",
     "reward_lambda_space",
     "weighted_sum_space",
+    "toy_space",
     "space_for",
     "greedy_grids",
     "grid_values",
@@ -185,7 +186,23 @@ def weighted_sum_space(name: str = "w") -> SearchSpace:
     )
 
 
+# -- the analytic toy (ray_bilevel.tasks.toy): exercises the harness in seconds ----------------------
+
+
+def toy_space() -> SearchSpace:
+    """x = (x0, x1) of the toy task in [-3, 3]^2 around its start (1, -1) [derived; not in the paper]."""
+    grid = (0.0, -2.0, 2.0, -1.0, 1.0)
+    return SearchSpace(
+        params=(Param("x0", -3.0, 3.0, default=1.0, grid=grid), Param("x1", -3.0, 3.0, default=-1.0, grid=grid)),
+        n_calls=10,
+        acq_func="EI",
+        random_state=42,
+        note="analytic toy",
+    )
+
+
 _SPACES = {
+    "toy": toy_space,
     "noise_schedule": noise_schedule_space,
     "reward_lambda": reward_lambda_space,
     "weighted_sum": weighted_sum_space,

@@ -1,0 +1,134 @@
+"""The benchmark harness: CLI parsing, equal budgets, the table, and runs on the toy task (end to end,
+then resumed) and on the paper's tasks (``compare.py --preset smoke``, slow)."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ray_bilevel.benchmark import BenchmarkConfig, run_benchmark
+from ray_bilevel.benchmark.methods import build_experiment, iterations_per_step, methods_for, profile_for
+from ray_bilevel.benchmark.report import COLUMNS, format_number, markdown_table
+from ray_bilevel.config import ConfigError
+from ray_bilevel.tune.spaces import noise_schedule_space
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("compare_cli", ROOT / "benchmarks" / "compare.py")
+compare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare)
+
+
+def test_cli_parses_every_option():
+    cfg = compare.parse_args([
+        "--task", "reward_lambda", "--preset", "smoke", "--methods", "bilevel,bayes", "--trials", "3", "--seed", "7",
+        "--address", "auto", "--resources-per-trial", "cpu=2,gpu=0.5", "--storage-path", "/tmp/x", "--out", "o",
+        "--resume", "--set", "eval_samples=32", "--set", "family=cosine", "--no-plots",
+    ])
+    assert cfg.tasks == ["reward_lambda"] and cfg.preset == "smoke" and cfg.methods == ["bilevel", "bayes"]
+    assert (cfg.trials, cfg.seed, cfg.address, cfg.storage_path, cfg.out) == (3, 7, "auto", "/tmp/x", "o")
+    assert cfg.resources == {"cpu": 2.0, "gpu": 0.5} and cfg.resume and not cfg.plots
+    assert cfg.overrides == {"eval_samples": 32, "family": "cosine"}
+    default = compare.parse_args([])
+    assert default.tasks == ["noise_schedule", "reward_lambda"] and default.preset == "quick" and default.methods is None
+
+
+def test_cli_rejects_unknown_method_and_task_before_starting_ray(capsys):
+    assert compare.main(["--task", "toy", "--methods", "default,bayesian", "--out", "/tmp/unused_compare"]) == 2
+    assert "unknown method 'bayesian'" in capsys.readouterr().err
+    assert compare.main(["--task", "toys", "--out", "/tmp/unused_compare"]) == 2
+    assert "Did you mean 'toy'" in capsys.readouterr().err
+
+
+def test_every_searcher_gets_the_same_trial_budget():
+    space = noise_schedule_space()
+    base = {"task": "noise_schedule", "preset": "quick", "seed": 0}
+    budgets = {}
+    for method in ("random", "bayes", "tpe", "greedy", "pbt"):
+        spec = build_experiment("noise_schedule", method, base, "fid_domain", "min", 4, profile_for("noise_schedule", "quick"),
+                                0, 2, space)
+        budgets[method] = (spec.trials, spec.num_samples)
+        assert spec.param_space["task"] == "noise_schedule" and spec.metric == "fid_domain"
+    assert set(budgets.values()) == {(4, 4)}
+    assert methods_for("noise_schedule") == ("default", "bilevel", "greedy", "random", "bayes", "tpe", "pbt")
+    assert methods_for("reward_lambda")[-1] == "weighted_sum"
+    assert iterations_per_step(40, 4) == 10 and iterations_per_step(3, 4) == 1
+    with pytest.raises(ConfigError, match="weighted_sum"):
+        build_experiment("toy", "weighted_sum", base, "x", "min", 2, profile_for("toy", "smoke"), 0, 2)
+
+
+def test_table_reports_bilevel_against_default():
+    rows = [
+        {"task": "noise_schedule", "method": "default", "metric": "fid_domain", "metric_value": 30.0, "fid": 100.0,
+         "fid_domain": 30.0, "is": 1.5, "alignment": None, "reward": None, "wall_time_s": 40.0, "trials": 1,
+         "best_config": {"tau": 1.0}, "errors": 0},
+        {"task": "noise_schedule", "method": "bilevel", "metric": "fid_domain", "metric_value": 20.0, "fid": 70.0,
+         "fid_domain": 20.0, "is": 1.6, "alignment": None, "reward": None, "wall_time_s": 100.0, "trials": 1,
+         "best_config": {"tau": 1.234}, "errors": 0},
+    ]
+    table = markdown_table(rows)
+    assert "| bilevel | tau=1.23 | 70.0 | 20.0 | 1.60 | – | – | 100 | 2.5 | 1 |" in table
+    assert "bilevel vs default: fid -30.0 %, fid_domain -33.3 %, time ×2.50" in table
+    assert [format_number(v) for v in (None, 0.0012345, 123456789.0, 3)] == ["–", "0.00123", "1.23e+08", "3"]
+
+
+def _check_outputs(out: Path, methods: list[str], task: str) -> list[dict]:
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in rows if r["task"] == task] == methods
+    for r in rows:
+        assert set(COLUMNS) <= set(r)
+        assert r["metric_value"] is not None and math.isfinite(r["metric_value"]), r
+        assert r["trials"] >= 1 and r["errors"] == 0 and r["wall_time_s"] > 0
+    with open(out / "results.csv") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert list(csv_rows[0]) == list(COLUMNS) and len(csv_rows) == len(rows)
+    table = (out / "table.md").read_text()
+    assert all(f"| {m} |" in table for m in methods)
+    assert (out / "plots" / f"{task}_metric_vs_time.png").stat().st_size > 1000
+    return rows
+
+
+def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
+    methods = ["default", "bilevel", "bayes", "greedy", "pbt"]
+    cfg = BenchmarkConfig(tasks=["toy"], preset="smoke", methods=methods, trials=3, out=str(tmp_path), verbose=0)
+    run_benchmark(cfg)
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith((tmp_path / "table.md").read_text().rstrip())  # the table is printed last
+    rows = _check_outputs(tmp_path, methods, "toy")
+    by = {r["method"]: r for r in rows}
+    assert by["bilevel"]["metric_value"] < by["default"]["metric_value"]  # the toy's hypergradient works
+    assert by["bayes"]["trials"] == by["greedy"]["trials"] == by["pbt"]["trials"] == 3
+    assert (tmp_path / "plots" / "toy_bilevel_trajectory.png").exists()
+    trial_dirs = sorted(p.name for p in (tmp_path / "ray_results" / "toy-bayes").iterdir() if p.is_dir())
+
+    resumed = run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=methods, trials=3,
+                                            out=str(tmp_path), verbose=0, resume=True))
+    assert sorted(p.name for p in (tmp_path / "ray_results" / "toy-bayes").iterdir() if p.is_dir()) == trial_dirs
+    again = {r.row["method"]: r.row for r in resumed}
+    for m in methods:  # nothing re-ran: the same best results, wall time carried over
+        assert again[m]["metric_value"] == by[m]["metric_value"] and again[m]["wall_time_s"] >= by[m]["wall_time_s"]
+
+
+@pytest.mark.slow
+def test_compare_smoke_on_the_paper_tasks(tmp_path):
+    """``python benchmarks/compare.py --preset smoke --out DIR``: every method of both tasks, finite metrics."""
+    from ray_bilevel.tasks import registered_tasks
+
+    if not {"noise_schedule", "reward_lambda", "weighted_sum"} <= set(registered_tasks()):
+        pytest.skip("both application tasks must be importable")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--preset", "smoke", "--out",
+                           str(tmp_path), "--num-cpus", "2", "--verbose", "0"], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for task in ("noise_schedule", "reward_lambda"):
+        rows = _check_outputs(tmp_path, list(methods_for(task)), task)
+    assert all(r["fid"] is not None or r["alignment"] is not None for r in rows)
+    assert (tmp_path / "plots" / "noise_schedule_alphas_cumprod.png").exists()
+    assert (tmp_path / "plots" / "noise_schedule_samples.png").exists()
