@@ -45,6 +45,8 @@ def faulty(base: type[Task]) -> type[Task]:
             self.ft = {k: config.pop(k) for k in list(config) if k.startswith("ft_")}
             super().__init__(config)
             self.ft_index = 0
+            if "ft_tag" not in self.ft:  # the trial's starting point names it in the log
+                self.ft["ft_tag"] = ",".join(f"{v:.9g}" for v in self.hyperparameters().values())
 
         def _event(self) -> None:
             index = self.ft_index
@@ -267,3 +269,112 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         reference = uninterrupted(BilevelTrainable, {"task": "toy", "preset": "smoke", "seed": 4, "x0": float(x0)}, 20)
         assert ok == "True" and int(iters) == 20
         assert (float(x0_final), float(x1_final)) == (reference["x0"], reference["x1"]), x0
+
+
+# -- searcher state saved and restored ---------------------------------------------------------
+SEARCHER_TRIALS = 5
+
+
+def searcher_experiment(storage: str, log: str, restore: bool) -> list[tuple[float, float]]:
+    """Fixed-x toy trials proposed by the project's GP searcher (``make_searcher("bayes")``), one at a time.
+
+    Returns the final (x0, x1) of every trial. With ``restore``, continues the experiment under
+    ``storage`` with ``Tuner.restore`` (the searcher's pickled state included).
+    """
+    from ray_bilevel.tune.searchers import make_searcher
+
+    space = {"x0": tune.uniform(-2.0, 2.0), "x1": tune.uniform(-2.0, 2.0)}
+    plan = make_searcher("bayes", space, metric="upper_loss", mode="min", seed=0, num_samples=SEARCHER_TRIALS,
+                         max_concurrent=1, n_initial_points=2)
+    constants = {"task": FaultyToy, "preset": "smoke", "seed": 1, "ft_log": log, "ft_sleep": 0.01}
+    path = os.path.join(storage, "searcher")
+    if restore:
+        tuner = tune.Tuner.restore(path, trainable=FixedHyperTrainable, param_space=constants,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            FixedHyperTrainable,
+            param_space={**plan.param_space, **constants},
+            tune_config=plan.tune_config("upper_loss", "min"),
+            run_config=tune.RunConfig(storage_path=storage, name="searcher", verbose=0,
+                                      checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=5, checkpoint_at_end=True)),
+        )
+    grid = tuner.fit()
+    assert not grid.errors, grid.errors
+    return [(r.metrics["x0"], r.metrics["x1"]) for r in grid]
+
+
+SEARCHER_DRIVER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from ray_bilevel.tune.cluster import init_ray
+    from test_fault_tolerance import searcher_experiment
+
+    storage, log, temp_dir, restore = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "restore"
+    init_ray("local", num_cpus=1, _temp_dir=temp_dir)
+    if restore:
+        with open(log, "a") as fh:
+            fh.write("RESTORE\\n")
+    print("DONE", len(searcher_experiment(storage, log, restore)))
+    """
+)
+
+
+def first_seen(rows: list[tuple[str, int, int]]) -> list[str]:
+    order: list[str] = []
+    for tag, _, _ in rows:
+        if tag not in order:
+            order.append(tag)
+    return order
+
+
+@pytest.mark.slow
+def test_searcher_state_survives_a_killed_driver(ray_local, tmp_path):
+    """The GP searcher's state is saved with the experiment and restored by ``Tuner.restore``: the
+    resumed experiment proposes exactly the points an uninterrupted one proposes, and finished
+    trials are not run again."""
+    ref_log = tmp_path / "ref.log"
+    searcher_experiment(str(tmp_path / "ref"), str(ref_log), restore=False)
+    reference = first_seen(read_log(ref_log))
+    assert len(reference) == SEARCHER_TRIALS
+
+    log, storage = tmp_path / "steps.log", tmp_path / "ray"
+    script = tmp_path / "driver.py"
+    script.write_text(SEARCHER_DRIVER.format(tests=str(TESTS_DIR)))
+    temp_dir = tempfile.mkdtemp(prefix="rbsr", dir="/tmp")
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    started: dict[int, int] = {}
+    try:
+        driver = subprocess.Popen([sys.executable, str(script), str(storage), str(log), temp_dir, "fresh"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None:
+            rows = read_log(log)
+            order = first_seen(rows)
+            # two or more trials finished (the GP has been told), the running one past a checkpoint
+            if len(order) >= 3 and any(tag == order[-1] and 70 <= i < 190 for tag, i, _ in rows):
+                break
+            time.sleep(0.05)
+        assert driver.poll() is None, "the driver ended before it could be killed:\n" + driver.stdout.read()
+        started = _ray_procs.snapshot(temp_dir, roots=[driver.pid])
+        driver.kill()
+        driver.wait(timeout=30)
+        _ray_procs.kill(started)
+        before = read_log(log)
+        out = subprocess.run([sys.executable, str(script), str(storage), str(log), temp_dir, "restore"], env=env,
+                             capture_output=True, text=True, timeout=400)
+        assert out.returncode == 0 and f"DONE {SEARCHER_TRIALS}" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    finally:
+        _ray_procs.kill(started)
+        _ray_procs.kill(_ray_procs.snapshot(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    after = read_log(log)[len(before):]
+    # trials run one at a time: all but the last one started before the kill had finished (and
+    # were recorded) before their successor started; the last one may resume from its checkpoint
+    finished = set(first_seen(before)[:-1])
+    assert len(finished) >= 2 and not finished & {tag for tag, _, _ in after}
+    resumed = first_seen(before)[-1]
+    assert all(i >= 50 for tag, i, _ in after if tag == resumed)  # from a checkpoint, not from step 0
+    assert first_seen(before + after) == reference
