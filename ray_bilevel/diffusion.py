@@ -152,7 +152,7 @@ def ddim_sample(
     *,
     class_labels: Tensor | None = None,
     clip: bool = True,
-    clip_x0: bool = False,
+    clip_x0: bool = True,
     spacing: str = "linspace",
     batch_size: int | None = None,
     grad: bool = False,
@@ -165,7 +165,9 @@ def ddim_sample(
 
     Args:
         clip: clamp the returned images to [-1, 1] (released behaviour).
-        clip_x0: clamp u0_hat inside the loop (diffusers' ``clip_sample``).
+        clip_x0: clamp u0_hat to [-1, 1] inside the loop (diffusers' ``clip_sample``, its default). On by
+            default: every admissible chen2023 schedule has abar_{T-1} ~ 1e-9, so the first step divides
+            the network's error by sqrt(abar_{T-1}) ~ 3e-5 and, unclipped, saturates the samples.
         batch_size: process x_T in chunks of this size (memory); the result does not depend on it.
         grad: keep the autograd graph (default: no grad).
     """

