@@ -19,6 +19,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +61,30 @@ def faulty(base: type[Task]) -> type[Task]:
                 Path(marker).touch()
                 raise RuntimeError(f"injected failure at step {index}")
 
-        def hyper_step(self) -> dict[str, float]:
+        def _step(self, work: Callable[[], dict[str, float]]) -> dict[str, float]:
+            if getattr(self, "_ft_busy", False):  # called by the task itself: count the trainable's calls only
+                return work()
             self._event()
             self.ft_index += 1
-            return super().hyper_step()
+            self._ft_busy = True
+            try:
+                return work()
+            finally:
+                self._ft_busy = False
+
+        def hyper_step(self) -> dict[str, float]:
+            return self._step(super().hyper_step)
 
         def lower_step(self) -> dict[str, float]:
-            self._event()
-            self.ft_index += 1
-            return super().lower_step()
+            return self._step(super().lower_step)
+
+        def evaluate(self, final: bool = False) -> dict[str, float]:
+            # a final evaluation may finish lower-level work itself (reward_lambda): not a trainable call
+            busy, self._ft_busy = getattr(self, "_ft_busy", False), True
+            try:
+                return super().evaluate(final)
+            finally:
+                self._ft_busy = busy
 
         def state_dict(self) -> dict[str, Any]:
             return {**super().state_dict(), "ft_index": self.ft_index}
@@ -378,3 +394,43 @@ def test_searcher_state_survives_a_killed_driver(ray_local, tmp_path):
     resumed = first_seen(before)[-1]
     assert all(i >= 50 for tag, i, _ in after if tag == resumed)  # from a checkpoint, not from step 0
     assert first_seen(before + after) == reference
+
+
+# -- the real tasks -------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["noise_schedule", "reward_lambda"])
+def test_real_task_trial_crashing_once_matches_uninterrupted(ray_local, tmp_path, name):
+    """A smoke-preset trial of a real task fails once mid-run, is retried from its last checkpoint
+    (every iteration) and ends with exactly the hyperparameters and metrics of an uninterrupted run."""
+    from ray_bilevel.config import ConfigError
+    from ray_bilevel.tasks import get_task
+
+    try:
+        base = get_task(name)
+        reference_task = base({"preset": "smoke"})
+    except (ConfigError, FileNotFoundError) as exc:
+        pytest.skip(f"{name} cannot run here yet: {exc}")
+    iterations = reference_task.outer_budget
+    hyper = list(reference_task.hyperparameters())
+    del reference_task
+    reference = uninterrupted(BilevelTrainable, {"task": name, "preset": "smoke"}, iterations)
+    log = tmp_path / "steps.log"
+    config = {"task": faulty(base), "preset": "smoke", "ft_log": str(log), "ft_crash_at": iterations - 1,
+              "ft_marker": str(tmp_path / "crashed"), "ft_tag": name}
+    grid = tune.Tuner(
+        BilevelTrainable,
+        param_space=config,
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path / "ray"), name=name, verbose=0,
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, checkpoint_at_end=True),
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    ).fit()
+    assert not grid.errors, grid.errors
+    final = grid[0].metrics
+    assert (tmp_path / "crashed").exists() and final["training_iteration"] == iterations and final["done"]
+    # the retry resumed from the checkpoint of the iteration before the crash
+    assert [i for _, i, _ in read_log(log)] == list(range(iterations)) + [iterations - 1]
+    for key in hyper + [base.metric, "lower_loss"]:
+        if key in reference:
+            assert final[key] == reference[key], (key, final[key], reference[key])
