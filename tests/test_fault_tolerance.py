@@ -10,6 +10,7 @@ not import this test module.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -35,6 +36,7 @@ import _ray_procs  # noqa: E402 - tests/ helper
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
 
 
 def faulty(base: type[Task]) -> type[Task]:
@@ -434,3 +436,63 @@ def test_real_task_trial_crashing_once_matches_uninterrupted(ray_local, tmp_path
     for key in hyper + [base.metric, "lower_loss"]:
         if key in reference:
             assert final[key] == reference[key], (key, final[key], reference[key])
+
+
+# -- compare.py --resume ---------------------------------------------------------------------------
+def result_lines(experiment: Path) -> dict[str, int]:
+    """Trial folder -> number of results it has written (lines of result.json)."""
+    out = {}
+    for trial in sorted(experiment.glob("Bench*")):
+        f = trial / "result.json"
+        out[trial.name] = len(f.read_text().splitlines()) if f.exists() else 0
+    return out
+
+
+@pytest.mark.slow
+def test_compare_resume_after_the_driver_is_killed(tmp_path):
+    """``compare.py`` killed (SIGKILL) in the middle of its random search; ``--resume`` finishes the
+    run: finished experiments and trials are not run again, the interrupted search completes its
+    budget, and every method is in the results."""
+    compare = REPO / "benchmarks" / "compare.py"
+    if not compare.exists():
+        pytest.skip("benchmarks/compare.py has not landed")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(compare), "--task", "toy", "--preset", "smoke", "--methods", "default,bilevel,random",
+           "--trials", "6", "--num-cpus", "1", "--out", str(out), "--no-plots", "--verbose", "0"]
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    random_dir = out / "ray_results" / "toy-random"
+    started: dict[int, int] = {}
+    try:
+        driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        deadline = time.time() + 400
+        while time.time() < deadline and driver.poll() is None:
+            lines = result_lines(random_dir) if random_dir.exists() else {}
+            if sum(1 for n in lines.values() if n > 0) >= 2:
+                break
+            time.sleep(0.05)
+        assert driver.poll() is None, "compare.py ended before it could be killed:\n" + driver.stdout.read()[-3000:]
+        started = _ray_procs.snapshot(None, roots=[driver.pid])
+        driver.kill()
+        driver.wait(timeout=30)
+        _ray_procs.kill(started)
+        before = {name: result_lines(out / "ray_results" / name) for name in ("toy-default", "toy-bilevel", "toy-random")}
+        assert not (out / "results.json").exists()
+        resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    finally:
+        _ray_procs.kill(started)
+    assert not _ray_procs.alive(started)
+    after = {name: result_lines(out / "ray_results" / name) for name in before}
+    # finished experiments: the same trials, not one more result
+    assert before["toy-default"] and after["toy-default"] == before["toy-default"]
+    assert before["toy-bilevel"] and after["toy-bilevel"] == before["toy-bilevel"]
+    # the interrupted search: the same trial folders continued, new ones up to the budget of 6
+    assert set(before["toy-random"]) <= set(after["toy-random"]) and len(after["toy-random"]) == 6
+    full = max(after["toy-random"].values())
+    for trial, n in before["toy-random"].items():
+        if n == full:  # finished before the kill: not run again
+            assert after["toy-random"][trial] == n, trial
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
+    assert set(rows) == {"default", "bilevel", "random"} and all(r["errors"] == 0 for r in rows.values())
+    assert rows["random"]["trials"] == 6
