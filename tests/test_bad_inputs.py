@@ -216,6 +216,12 @@ TRIGGERS: dict[str, Trigger] = {
     "B49": lambda tmp, cap: cli(["--task", "toy", "--storage-path", "relative/results", "--out", str(tmp / "o")], cap),
     "B50": lambda tmp, cap: validate_storage_path("/proc/ray_bilevel_results"),
     "B51": lambda tmp, cap: validate_storage_path("ftp://host/results"),
+    # application 1 (reward_lambda)
+    "B54": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "lam": 0.0}),
+    "B55": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "model": "sd"}),
+    "B56": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "prompt": "a cat"}),
+    # a diverging U-Net (NaN score-matching loss)
+    "B57": lambda tmp, cap: (task("noise_schedule"), train({"task": "noise_schedule", "preset": "smoke", "lr": 1e6}, 3)),
 }
 
 
@@ -259,16 +265,18 @@ def test_catalogue_and_triggers_agree():
             assert re.search(rf"^def {re.escape(name)}\(", (REPO / file).read_text(), re.M), row["test"]
 
 
-#: Rows whose message is right but not yet one line (a fix is proposed to the module's owner).
-PENDING_ONE_LINE = {
-    key: "trainable.load_checkpoint embeds torch's multi-line weights_only message; proposed: keep only its first line"
-    for key in ("B36", "B38")
+#: Rows whose module does not give the catalogued message yet (the fix is proposed to its owner).
+PENDING = {
+    **{key: "trainable.load_checkpoint embeds torch's multi-line weights_only message; proposed: keep only its first line"
+       for key in ("B36", "B38")},
+    "B57": "noise_schedule does not check the score-matching loss; a diverged U-Net surfaces later as "
+           "'feature_stats: features contain NaN' (proposed: FloatingPointError naming lr in _y_step)",
 }
 
 
 @pytest.mark.parametrize(
     "key",
-    [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=PENDING_ONE_LINE[k])) if k in PENDING_ONE_LINE else k
+    [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=PENDING[k])) if k in PENDING else k
      for k in sorted(TRIGGERS)],
 )
 def test_bad_input_gives_the_catalogued_one_line_message(key, tmp_path, capsys):
