@@ -120,6 +120,10 @@ def _step_kwargs(scheduler: Any, generator: torch.Generator | None, eta: float) 
         kwargs["eta"] = eta
     if "generator" in params:
         kwargs["generator"] = generator
+    if "use_clipped_model_output" in params and getattr(scheduler.config, "clip_sample", False):
+        # DDIM with x0 clipping: recompute ε from the clipped x0, so a strongly guided ε̃ cannot push z_{t-1}
+        # outside the data range while x0 is clipped (without this, β ≳ 0.1 on the digits model diverges to NaN)
+        kwargs["use_clipped_model_output"] = True
     return kwargs
 
 
@@ -159,6 +163,8 @@ def guided_sample(eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
                 eps = eps_model(scheduler.scale_model_input(z, t), t)
         with torch.no_grad():
             z = scheduler.step(eps, t, z.detach(), **kwargs).prev_sample
+        if guided and not torch.isfinite(z).all():
+            raise FloatingPointError(f"guided sampling diverged at t={int(t)} with beta={beta:g}; lower beta (raise λ).")
     return z.detach()
 
 

@@ -1,0 +1,181 @@
+"""Models and scorers behind the reward-λ tasks: the offline digits model and the Stable Diffusion backend.
+
+A backend exposes what Algorithms 2 and 5 need (ALGORITHMS.md §8.1, §8.2), identically for a pixel-space
+class-conditional U-Net and for Stable Diffusion:
+
+* ``noise(n, seed)`` — initial noise z_T (seeded; the same seed gives the same z_T in every trial);
+* ``sample(z_T)`` — unguided pre-trained samples (pool of Algorithm 2, FID reference);
+* ``guided_round(z_T, lin, beta)`` — one round of Algorithm 5 (``lin=None``: round 0, unguided);
+* ``r1(x)`` — upper reward (class alignment in percent, or CLIP score), differentiable;
+* ``r2(x)`` — lower reward (ink or the ResNet-18 synthetic reward), differentiable.
+
+Images are in [-1, 1]. This module never imports ray.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ray_bilevel.config import ConfigError
+from ray_bilevel.guidance import EpsilonModel, Linearisation, guided_sample
+
+__all__ = ["make_backend", "DigitsBackend", "SDBackend", "resolve_device"]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but torch sees no GPU; use device='cpu' or 'auto'.")
+    return torch.device(device)
+
+
+def _make_r2(name: str, device: torch.device, seed: int) -> torch.nn.Module:
+    from ray_bilevel.metrics.rewards import InkReward, ResNetReward
+
+    if name == "ink":
+        return InkReward().to(device)
+    if name == "resnet18":
+        return ResNetReward(seed=seed).to(device)
+    raise ConfigError(f"unknown reward {name!r}; choose 'ink' or 'resnet18'.")
+
+
+class _Backend:
+    """Shared: rewards, the guided round on top of ``self.eps``/``self.scheduler``/``self.decode``."""
+
+    steps: int
+    reduction: str
+    device: torch.device
+    latent_shape: tuple[int, ...]
+
+    def noise(self, n: int, seed: int) -> torch.Tensor:
+        return torch.randn((n, *self.latent_shape), generator=torch.Generator().manual_seed(int(seed))).to(self.device)
+
+    def eps_model(self, n: int) -> Any:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def guided_round(self, z_T: torch.Tensor, lin: Linearisation | None, beta: float) -> torch.Tensor:
+        z0 = guided_sample(self.eps_model(len(z_T)), self.scheduler, z_T, self.steps, lin, beta,
+                           None if self.decode_is_identity else self.decode, self.reduction)
+        with torch.no_grad():
+            return self.decode(z0).clamp(-1, 1)
+
+    def sample(self, z_T: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        return torch.cat([self.guided_round(z_T[i:i + batch], None, 0.0) for i in range(0, len(z_T), batch)])
+
+    @torch.no_grad()
+    def score(self, fn: Any, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)]).double().cpu()
+
+    def reference(self, n: int, seed: int, batch: int) -> dict[str, torch.Tensor]:
+        """``n`` pre-trained samples from noise ``seed`` and their rewards; computed once per backend."""
+        cache = self.__dict__.setdefault("_references", {})
+        if (n, seed) not in cache:
+            x = self.sample(self.noise(n, seed), batch)
+            cache[(n, seed)] = {"images": x.cpu(), "r1": self.score(self.r1, x), "r2": self.score(self.r2, x)}
+        return cache[(n, seed)]
+
+
+class DigitsBackend(_Backend):
+    """The shipped class-conditional MNIST U-Net (16×16) with CFG against the null class.
+
+    ``r1`` = 100 · p_classifier(prompt digit | x) (class alignment in percent, the CLIP-score scale) or the CLIP
+    score when ``alignment="clip"``; ``r2`` = ink (default) or the ResNet-18 synthetic reward.
+    """
+
+    decode_is_identity = True
+
+    def __init__(self, cfg: Any) -> None:
+        from ray_bilevel.assets.cond_unet import class_eps_model, load_cond_unet
+        from ray_bilevel.metrics.alignment import ClassAlignment, prompt_to_class
+
+        self.device = resolve_device(cfg.device)
+        self.digit = prompt_to_class(cfg.prompt)
+        self.unet, self.scheduler = load_cond_unet(cfg.model_path or None)
+        self.unet.to(self.device)
+        self.steps, self.reduction, self.cfg_scale = cfg.steps, cfg.reduction, cfg.cfg_scale
+        size = self.unet.config.sample_size
+        self.latent_shape = (self.unet.config.in_channels, size, size)
+        self._class_eps = class_eps_model
+        self.r2 = _make_r2(cfg.reward, self.device, cfg.seed)
+        if cfg.alignment == "class":
+            align = ClassAlignment().to(self.device)
+            self.r1 = lambda x: 100.0 * align(x, self.digit)
+        elif cfg.alignment == "clip":
+            self.r1 = _clip_r1(cfg, self.device)
+        else:
+            raise ConfigError(f"unknown alignment {cfg.alignment!r}; choose 'class' or 'clip'.")
+
+    def eps_model(self, n: int) -> EpsilonModel:
+        labels = torch.full((n,), self.digit, dtype=torch.long, device=self.device)
+        return self._class_eps(self.unet, labels, self.cfg_scale)
+
+    def real_images(self, cfg: Any) -> torch.Tensor | None:
+        """Held-out real images of the prompt's digit (for ``fid_domain_real``)."""
+        from ray_bilevel.data import load_images
+
+        data = load_images(cfg.dataset, image_size=self.latent_shape[-1], split="heldout", split_seed=cfg.split_seed)
+        return data.images[data.labels == self.digit]
+
+
+def _clip_r1(cfg: Any, device: torch.device) -> Any:
+    from ray_bilevel.metrics.alignment import CLIPScore
+
+    clip = CLIPScore.from_pretrained(cfg.clip_model, allow_download=cfg.allow_download).to(device)
+    return lambda x: clip(x, cfg.prompt)
+
+
+class SDBackend(_Backend):
+    """Stable Diffusion (``cfg.sd_model``, local or ``allow_download``): CLIP-text CFG, VAE decoder, CLIP score r1."""
+
+    decode_is_identity = False
+
+    def __init__(self, cfg: Any) -> None:
+        from ray_bilevel.sd import VAEDecoder, encode_prompt, load_sd
+
+        self.device = resolve_device(cfg.device)
+        self.parts = load_sd(cfg.sd_model, allow_download=cfg.allow_download, device=self.device)
+        self.scheduler = self.parts.scheduler
+        self.steps, self.reduction, self.cfg_scale = cfg.steps, cfg.reduction, cfg.cfg_scale
+        self.cond = encode_prompt(self.parts, cfg.prompt)
+        self.uncond = encode_prompt(self.parts, "")
+        self.decode = VAEDecoder(self.parts.vae)
+        s = self.parts.vae_scale
+        self.latent_shape = (self.parts.unet.config.in_channels, cfg.height // s, cfg.width // s)
+        self.r2 = _make_r2(cfg.reward, self.device, cfg.seed)
+        if cfg.alignment != "clip":
+            raise ConfigError("the Stable Diffusion backend scores alignment with CLIP; set alignment='clip'.")
+        self.r1 = _clip_r1(cfg, self.device)
+
+    def eps_model(self, n: int) -> EpsilonModel:
+        return EpsilonModel(self.parts.unet, {"encoder_hidden_states": self.cond},
+                            {"encoder_hidden_states": self.uncond} if self.cfg_scale != 1.0 else None, self.cfg_scale)
+
+    def real_images(self, cfg: Any) -> None:
+        return None
+
+
+#: Settings that determine a backend (models, scorers, sampler); tasks with equal values share one per process.
+BACKEND_KEYS = ("model", "model_path", "sd_model", "allow_download", "prompt", "reward", "alignment", "clip_model",
+                "device", "steps", "reduction", "cfg_scale", "seed", "height", "width", "dataset", "split_seed")
+_CACHE: dict[tuple, _Backend] = {}
+
+
+def make_backend(cfg: Any) -> _Backend:
+    """The backend for ``cfg``; frozen models are loaded once per process and shared (e.g. by reused Tune actors)."""
+    key = tuple(getattr(cfg, k) for k in BACKEND_KEYS)
+    if key not in _CACHE:
+        if cfg.model == "digits":
+            backend: _Backend = DigitsBackend(cfg)
+        elif cfg.model == "sd":
+            backend = SDBackend(cfg)
+        else:
+            raise ConfigError(f"unknown model {cfg.model!r}; choose 'digits' (offline, shipped) or 'sd' (Stable Diffusion).")
+        if len(_CACHE) >= 4:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = backend
+    return _CACHE[key]
