@@ -158,10 +158,13 @@ def test_init_ray_rejects_bad_arguments_before_starting_ray():
 def test_init_ray_without_a_cluster_names_the_fix(tmp_path):
     """``--address auto`` with no cluster: a one-line error, not Ray's multi-line traceback.
 
-    Run in a subprocess whose Ray temp dir is empty, so a cluster another process started on
-    this machine cannot be found (RAY_ADDRESS unset, ``/tmp/ray/ray_current_cluster`` redirected).
+    Run in a subprocess that sees no cluster: RAY_ADDRESS unset, an empty Ray temp dir (no
+    ``ray_current_cluster`` file) and Ray's scan for running GCS processes emptied (on a shared
+    machine, "auto" would otherwise join anyone's instance; see init_ray's docstring).
     """
     code = (
+        "import functools\nimport ray._private.services as s\n"
+        "s.find_gcs_addresses = functools.lru_cache()(lambda: [])\n"
         "import ray_bilevel.tune.cluster as c\n"
         "try:\n    c.init_ray('auto', _temp_dir=%r)\n"
         "except c.ConfigError as e:\n    print('ERR', e)\n"

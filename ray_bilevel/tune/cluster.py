@@ -187,6 +187,10 @@ def init_ray(
     * ``"auto"``, ``"host:port"`` or ``"ray://host:10001"``: join an existing cluster; its
       resources count, so ``num_cpus``/``num_gpus`` are ignored with a warning.
 
+    ``"auto"`` is Ray's: ``RAY_ADDRESS``, else the address ``ray start`` recorded in the Ray temp
+    dir, else *any* Ray instance found running on this machine. On a machine shared with others,
+    give ``host:port`` instead.
+
     A local instance has no dashboard unless ``include_dashboard=True``, and then it listens on
     127.0.0.1 only. If Ray is already initialised, nothing changes. If ``ray_bilevel`` is not
     installed (only on ``sys.path``), a local instance passes its folder to the workers through
