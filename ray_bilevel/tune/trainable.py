@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -93,7 +94,12 @@ class _TaskTrainable(tune.Trainable):
         report: dict[str, Any] = {**metrics, **self._last_eval, **hyper}
         bad = [k for k, v in report.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            warnings.warn(f"non-finite metrics {bad} at {self._kind} step {self.work_done}.", RuntimeWarning, stacklevel=1)
+            warnings.warn(
+                f"non-finite metrics {bad} at {self._kind} step {self.work_done}; searchers skip this point — "
+                "check the task's evaluator (e.g. more eval_samples or fid_shrinkage for FID).",
+                RuntimeWarning,
+                stacklevel=1,
+            )
         self.trajectory.append({f"{self._kind}_steps": float(self.work_done), **hyper})
         report[f"{self._kind}_steps"] = self.work_done
         report["final"] = bool(final)
@@ -121,7 +127,11 @@ class _TaskTrainable(tune.Trainable):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling error means a corrupt or foreign file
-            raise ConfigError(f"cannot read checkpoint {path}: {exc}; it is corrupt or not from ray_bilevel.") from exc
+            first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+            reason = f"{type(exc).__name__}: {first[0] if first else ''}"
+            if "weights only load failed" in str(exc).lower():
+                reason = "refused by torch.load(weights_only=True): it holds objects that are not plain data"
+            raise ConfigError(f"cannot read checkpoint {path} ({reason}); it is corrupt or not from ray_bilevel.") from exc
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
             raise ConfigError(f"{path} is not a {_FORMAT} checkpoint; it was written by something else.")
         expected = self.task.name or type(self.task).__name__
