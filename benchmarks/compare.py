@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"compare.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"compare.py: interrupted: {exc or 'Ctrl-C'}; finished experiments are kept, rerun with --resume.",
+              file=sys.stderr)
+        return 130
     return 0
 
 

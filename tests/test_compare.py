@@ -74,7 +74,7 @@ def test_table_reports_bilevel_against_default():
     ]
     table = markdown_table(rows)
     assert "| bilevel | tau=1.23 | 70.0 | 20.0 | 1.60 | – | – | 100 | 2.5 | 1 |" in table
-    assert "bilevel vs default: fid -30.0 %, fid_domain -33.3 %, time ×2.50" in table
+    assert "bilevel vs default: fid -30.0 %, fid_domain -33.3 %, is +6.7 %, time ×2.50" in table
     assert [format_number(v) for v in (None, 0.0012345, 123456789.0, 3)] == ["–", "0.00123", "1.23e+08", "3"]
 
 
@@ -132,3 +132,14 @@ def test_compare_smoke_on_the_paper_tasks(tmp_path):
     assert all(r["fid"] is not None or r["alignment"] is not None for r in rows)
     assert (tmp_path / "plots" / "noise_schedule_alphas_cumprod.png").exists()
     assert (tmp_path / "plots" / "noise_schedule_samples.png").exists()
+
+
+def test_pbt_explore_stays_in_the_box_and_remote_options_match_trial_resources():
+    from ray_bilevel.benchmark.methods import _clip_explore
+    from ray_bilevel.benchmark.runner import _remote_options
+
+    explore = _clip_explore(noise_schedule_space())
+    assert explore({"end": 1.2, "tau": 0.8, "start": 0.1, "eps": 0.05, "seed": 3}) == {
+        "end": 1.0, "tau": 1.0, "start": 0.1, "eps": 0.04, "seed": 3}
+    assert _remote_options({"cpu": 2.0, "gpu": 0.5, "rb_worker": 1.0}) == {
+        "num_cpus": 2.0, "num_gpus": 0.5, "resources": {"rb_worker": 1.0}}

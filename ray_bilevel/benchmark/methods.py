@@ -78,8 +78,17 @@ _PROFILES: dict[str, Profile] = {
     "quick": Profile(trials=4, iterations=4),
     "paper": Profile(trials=None, iterations=10, pbt_interval=2),
 }
-#: Per-task adjustments of a preset's profile (fitted to the time budgets of compare.py).
-_TASK_PROFILES: dict[tuple[str, str], Profile] = {}
+#: Per-task adjustments of a preset's profile, fitted to compare.py's budgets: ``--preset smoke`` in
+#: about 2 minutes, the default (both tasks, quick) in at most 20 minutes on a 2-core CPU, where one
+#: noise-schedule trial of the task's own quick preset (1,200 U-Net steps, 1,000-sample evaluations,
+#: 500-image Inception FID) costs about 2 minutes alone and 7 methods must fit in about 10.
+_TASK_PROFILES: dict[tuple[str, str], Profile] = {
+    # the task's full quick training (1,200 U-Net steps: at 600 the default schedule's samples are still
+    # far from digits), lighter evaluations, two trials per searcher (one round on two cores)
+    ("noise_schedule", "quick"): Profile(trials=2, iterations=4, overrides={"eval_samples": 500, "final_samples": 200}),
+    # a fixed-lambda trial is 6 guided rounds (~15 s): four trials per searcher, two rounds on two cores
+    ("reward_lambda", "quick"): Profile(trials=4, iterations=3),
+}
 
 
 def profile_for(task: str, preset: str) -> Profile:

@@ -51,7 +51,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         ref_time = default["wall_time_s"] if default and default["wall_time_s"] else None
         metric = sub[0]["metric"]
         extra = [metric] if metric not in _METRIC_HEADERS else []  # a task's own objective gets a column
-        out.append(f"### {task} (selection metric: {metric})\n")
+        settings = ", ".join(f"{k}={v}" for k, v in (sub[0].get("settings") or {}).items())
+        searchers = [r["trials"] for r in sub if r["method"] not in ("default", "bilevel")]
+        out.append(f"### {task}\n")
+        out.append(f"preset {sub[0].get('preset')}, seed {sub[0].get('seed')}; settings for every trial: {settings or '–'}; "
+                   f"{max(searchers) if searchers else 0} trials per searcher; selection metric {metric} "
+                   "(in-loop); FID / IS / alignment / reward from one final evaluation of each method's best checkpoint.\n")
         out.append("| method | best hyperparameters | " + " | ".join(extra + list(_METRIC_HEADERS.values()))
                    + " | wall time (s) | × default time | trials |")
         out.append("|" + "---|" * (2 + len(extra) + len(_METRIC_HEADERS) + 3))
@@ -63,16 +68,21 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
                       + (f" ({r['errors']} failed)" if r.get("errors") else "")]
             out.append("| " + " | ".join(cells) + " |")
         bilevel = next((r for r in sub if r["method"] == "bilevel"), None)
-        notes = []
-        if bilevel and default:
-            for m in ("fid", "fid_domain", "alignment"):
-                if bilevel[m] is not None and default[m]:
-                    notes.append(f"{m} {100 * (bilevel[m] - default[m]) / abs(default[m]):+.1f} %")
-            if ref_time:
-                notes.append(f"time ×{bilevel['wall_time_s'] / ref_time:.2f}")
-            out.append(f"\nbilevel vs default: {', '.join(notes)}")
+        for ref in ("default", "bayes", "weighted_sum"):  # the paper's comparisons (ALGORITHMS.md §6)
+            other = next((r for r in sub if r["method"] == ref), None)
+            if bilevel and other:
+                out.append(f"\nbilevel vs {ref}: " + ", ".join(_relative(bilevel, other)))
         out.append("")
     return "\n".join(out)
+
+
+def _relative(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Relative change of each metric and the wall-time ratio of row ``a`` against row ``b``."""
+    notes = [f"{m} {100 * (a[m] - b[m]) / abs(b[m]):+.1f} %" for m in ("fid", "fid_domain", "is", "alignment", "reward")
+             if a.get(m) is not None and b.get(m)]
+    if a.get("wall_time_s") and b.get("wall_time_s"):
+        notes.append(f"time ×{a['wall_time_s'] / b['wall_time_s']:.2f}")
+    return notes
 
 
 def _write_csv(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -97,7 +107,8 @@ def _clean(value: Any) -> Any:
 def write_outputs(runs: Sequence[Any], cfg: Any) -> str:
     """Write every output file into ``cfg.out``, make the plots, print the table last; returns the table."""
     out = cfg.out
-    rows = [_clean({c: r.row.get(c) for c in COLUMNS} | {"final_metrics": r.final_metrics or None}) for r in runs]
+    extra = ("preset", "seed", "settings")
+    rows = [_clean({c: r.row.get(c) for c in COLUMNS + extra} | {"final_metrics": r.final_metrics or None}) for r in runs]
     with open(os.path.join(out, "results.json"), "w") as fh:
         json.dump(rows, fh, indent=1, allow_nan=False)
     _write_csv(os.path.join(out, "results.csv"), rows, COLUMNS)

@@ -171,7 +171,13 @@ def run_method(
     wall = time.perf_counter() - t0 + float(state.get("wall_time_s", 0.0))
     if not is_uri(path):
         _write_state(path, {"wall_time_s": wall, "start": start, "task": task, "method": method})
-    return _summarise(spec, grid, wall, start, hyper_names)
+    if grid.num_terminated + grid.num_errors < len(grid):  # Ctrl-C: Tune stopped the experiment early
+        raise KeyboardInterrupt(f"{task} / {method} was interrupted; continue it with --resume.")
+    run = _summarise(spec, grid, wall, start, hyper_names)
+    run.row["preset"] = cfg.preset
+    run.row["settings"] = {k: v for k, v in base.items() if k not in ("task", "preset", "seed")}
+    run.row["seed"] = cfg.seed
+    return run
 
 
 def _ray_resources(resources: Mapping[str, float]) -> dict[str, float]:
@@ -213,7 +219,7 @@ def _summarise(spec: ExperimentSpec, grid: Any, wall: float, start: float, hyper
             warnings.simplefilter("ignore")
             best = grid.get_best_result(spec.metric, spec.mode, scope="last", filter_nan_and_inf=True)
     except RuntimeError:
-        _log(f"{spec.task} / {spec.method}: no trial reported a finite {spec.metric}; {errors} error(s).")
+        _log(f"{row['task']} / {spec.method}: no trial reported a finite {spec.metric}; {errors} error(s).")
         return MethodRun(spec, row, trials, curve, [], None)
     last, config = best.metrics or {}, dict(best.config or {})
     names = list(hyper_names) + [k for k in spec.hyper_names if k not in hyper_names]
@@ -223,7 +229,7 @@ def _summarise(spec: ExperimentSpec, grid: Any, wall: float, start: float, hyper
     row["best_config"] = best_config
     df = best.metrics_dataframe
     history = df.to_dict("records") if df is not None else []
-    _log(f"{spec.task} / {spec.method}: {len(trials)} trial(s) in {wall:.1f} s; best {spec.metric}="
+    _log(f"{row['task']} / {spec.method}: {len(trials)} trial(s) in {wall:.1f} s; best {spec.metric}="
          f"{row['metric_value']} at {best_config}")
     return MethodRun(spec, row, trials, curve, history, best_config, best.checkpoint, config)
 
@@ -233,23 +239,32 @@ def _py(value: Any) -> Any:
 
 
 def _max_concurrent(resources: Mapping[str, float]) -> int:
+    """How many trials of ``resources`` the cluster runs at once (the model-based searchers' concurrency)."""
     import ray
 
     total = ray.cluster_resources()
-    slots = []
-    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
-        need = float(resources.get(key, 0.0))
-        if need > 0:
-            slots.append(int(total.get(ray_key, 0.0) // need))
+    names = {"cpu": "CPU", "gpu": "GPU"}
+    slots = [int(total.get(names.get(k, k), 0.0) // float(v)) for k, v in resources.items() if k != "memory" and v]
     return max(1, min(slots) if slots else 1)
+
+
+def _remote_options(resources: Mapping[str, float]) -> dict[str, Any]:
+    """``ray.remote`` options equal to one trial's resources (CPUs, GPUs, memory, custom resources)."""
+    res = _ray_resources(resources)
+    custom = {k: v for k, v in res.items() if k not in ("cpu", "gpu", "memory")}
+    options: dict[str, Any] = {"num_cpus": res.get("cpu", 1.0), "num_gpus": res.get("gpu", 0.0)}
+    if res.get("memory"):
+        options["memory"] = res["memory"]
+    if custom:
+        options["resources"] = custom
+    return options
 
 
 def _final_evaluations(runs: list[MethodRun], cfg: BenchmarkConfig) -> None:
     """Evaluate every method's best checkpoint with the full protocol (Ray tasks, trial resources)."""
     import ray
 
-    res = _ray_resources(cfg.resources)
-    remote = ray.remote(num_cpus=res.get("cpu", 1.0), num_gpus=res.get("gpu", 0.0))(final_evaluation)
+    remote = ray.remote(**_remote_options(cfg.resources))(final_evaluation)
     pending = {remote.remote(run.spec.bilevel, run.config, run.checkpoint): run
                for run in runs if run.checkpoint is not None and run.config is not None}
     if pending:
