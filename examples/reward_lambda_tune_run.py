@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
                 "reward_pretrained"):
         if key in last:
             print(f"  {key:22s} {last[key]:.4g}")
-    print(f"results (progress.csv has the λ trajectory): {trial.local_path}")
+    print(f"results (progress.csv has the λ trajectory): {trial.path}")
 
 
 if __name__ == "__main__":

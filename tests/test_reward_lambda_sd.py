@@ -1,0 +1,54 @@
+"""The reward-λ task on the Stable Diffusion backend, end to end on tiny random-weight parts (offline)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _tiny_hf import byte_tokenizer, tiny_sd_parts
+
+from ray_bilevel.tasks.reward_lambda import RewardLambdaTask, WeightedSumTask
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPConfig, CLIPModel
+
+    unet, vae, text, tok, sched = tiny_sd_parts()
+    sd = tmp_path_factory.mktemp("sd")
+    StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tok, scheduler=sched, safety_checker=None,
+                            feature_extractor=None, image_encoder=None, requires_safety_checker=False).save_pretrained(sd)
+    clip_dir = tmp_path_factory.mktemp("clip")
+    tok = byte_tokenizer()
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                         num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                           num_hidden_layers=2),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(clip_dir)
+    tok.save_pretrained(clip_dir)
+    return str(sd), str(clip_dir)
+
+
+def _config(folders, **extra):
+    sd, clip = folders
+    return {"preset": "smoke", "model": "sd", "sd_model": sd, "clip_model": clip, "alignment": "clip",
+            "prompt": "A fox", "height": 32, "width": 32, "cfg_scale": 7.5, "steps": 3, "guide_batch": 2,
+            "pool_size": 6, "ref_samples": 6, "final_inception": False, "beta0": 1.0, "y_star": 10.0, **extra}
+
+
+def test_bilevel_and_fixed_trials_on_tiny_stable_diffusion(folders):
+    task = RewardLambdaTask(_config(folders))
+    report = task.hyper_step()
+    assert math.isfinite(report["hypergrad"]) and task.lam >= task.cfg.lam_min
+    final = task.evaluate(final=True)
+    assert final["guided_images"] == 2 and 0 <= final["alignment"] <= 100 and math.isfinite(final["reward"])
+    assert task._guided_images().shape == (2, 3, 32, 32)
+    ws = WeightedSumTask(_config(folders, w=0.5))
+    for _ in range(ws.lower_budget):
+        ws.lower_step()
+    assert math.isfinite(ws.evaluate()["alignment"])
