@@ -1,0 +1,441 @@
+"""Bilevel noise-schedule learning, Algorithm 6 (ALGORITHMS.md §5, §8.3; decisions (b)-(f) of §1).
+
+Upper variable q = (start, end, tau, eps) of a cosine (16) or sigmoid (34) schedule; lower level
+y = score matching (24) of a U-Net under q; upper objective = FID of DDIM samples. One
+``hyper_step`` is one outer iteration of Algorithm 6:
+
+1. K_y AdamW steps of y on SM(y; q) (K_y^warm during the first ``warmup_outer`` steps, which make
+   no hyperparameter update: the E0 warm-up epochs).
+2. Penalty problem (decision (b)): z is a second U-Net with its own AdamW on its live parameters,
+   initialised in place from y (once for ``z_init="previous"``, before every step for ``"copy_y"``);
+   K_z steps on ``(1/gamma) ZO-grad_z FID + grad_z SM(z; q)``.
+3. h_y = grad_q SM(y; q), h_z = grad_q SM(z; q) by autograd through alphas_cumprod(q) on the SAME
+   (x0, t, eps); g_q = two-point ZO estimate (14) of grad_q FID(z, q).
+4. Adam (no weight decay, one learning rate per parameter) on ``g_q/gamma + (h_z - h_y)`` = grad F_gamma/gamma
+   (eq. 4/15), then projection onto the schedule bounds; gamma follows a linear schedule.
+
+Every ZO evaluation uses common random numbers (decision (c)): the same x_T, DDIM timesteps and
+feature network for the + and - points, at the live parameters (z, q), never at the EMA. The
+in-loop FID is the Fréchet distance on the digit classifier's 64-d features (``fid_domain``)
+against held-out real images, with n >= 65 samples or shrinkage (decision (f)); ZO and reports
+use the same number of DDIM steps unless configured (decision (e)). The EMA of y is used only
+for reporting. Random streams are separate (y's data/t/eps, z, hypergradient, ZO), so y's
+stream is identical in a bilevel run and in a fixed-schedule run until q first moves.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ray_bilevel.config import ConfigError, resolve
+from ray_bilevel.diffusion import EMA, build_unet, ddim_sample, initial_noise, score_matching_loss
+from ray_bilevel.estimators.zeroth_order import zo_gradient
+from ray_bilevel.schedules import NAMES, NoiseSchedule, alphas_cumprod_from
+from ray_bilevel.tasks.base import Task
+from ray_bilevel.tasks.noise_schedule_parts import (
+    UpperMetrics,
+    abar_report,
+    coordinate_zo,
+    get_flat,
+    load_state,
+    set_flat_,
+    state_of,
+    write_exports,
+)
+
+__all__ = ["NoiseScheduleSettings", "NoiseScheduleTask", "PRESETS"]
+
+
+@dataclass
+class NoiseScheduleSettings:
+    """Every field can be overridden from the Tune config (``{"tau": 1.2}`` fixes a baseline's schedule)."""
+
+    seed: int = 0
+    # data (ray_bilevel.data.load_images); the held-out split gives the real FID statistics
+    dataset: str = "mnist5k"
+    image_size: int = 16
+    heldout_fraction: float = 0.2
+    split_seed: int = 0
+    data_root: str | None = None
+    download: bool = False
+    # lower-level network y (and the penalty network z)
+    block_out_channels: tuple = (16, 32)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    batch_size: int = 64
+    lr: float = 2e-3
+    lr_z: float = 2e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # or "cosine" (decay to 0 over lower_budget y steps)
+    ema_decay: float = 0.995  # per y step; 0 disables the EMA (reports use y)
+    # schedule q (None: the family default, cosine (0, 1, 1, 0.008) = DDIM default)
+    family: str = "cosine"
+    parameterisation: str = "chen2023"
+    T: int = 1000
+    start: float | None = None
+    end: float | None = None
+    tau: float | None = None
+    eps: float | None = None
+    bounds: dict | None = None
+    # Algorithm 6 loop (quick values: 400 warm-up y steps, then 12 outer steps of 67 y steps = 1204 y steps)
+    outer_steps: int = 22
+    warmup_outer: int = 10
+    inner_y_warmup: int = 40
+    inner_y: int = 67
+    inner_z: int = 1
+    z_init: str = "previous"  # or "copy_y"
+    z_fid_grad: str = "zo"  # or "none": z steps on SM only
+    gamma: float = 1.0
+    gamma_end: float = 1.0
+    lr_start: float = 0.005
+    lr_end: float = 0.005
+    lr_tau: float = 0.05
+    lr_eps: float = 0.002
+    zo_q_estimator: str = "coordinate"  # or "gaussian": eq. (14) with zo_directions Gaussian directions (paper)
+    zo_mu: float = 0.01
+    zo_mu_z: float = 1e-3
+    zo_directions: int = 1
+    zo_samples: int = 96
+    zo_steps: int = 20
+    # evaluation
+    eval_steps: int | None = None  # None: = zo_steps (decision (e))
+    eval_samples: int = 1000
+    eval_seed: int = 12345  # the same x_T for every trial: evaluations share their noise
+    fid_shrinkage: Any = 0.0  # rho in [0, 1] or "ledoit_wolf" (decision (f)); 0 needs >= 65 samples
+    final_samples: int = 500  # Inception FID / classifier IS samples at final evaluation
+    final_real: int = 1000  # held-out real images for the Inception statistics
+    sample_batch: int = 500
+    device: str = "cpu"  # "cpu", "cuda" or "auto"
+    extra: dict = field(default_factory=dict)  # free-form notes recorded with the results
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # tests: seconds
+    "smoke": dict(
+        dataset="mnist5k", image_size=8, block_out_channels=(8, 16), batch_size=16, T=100, outer_steps=3,
+        warmup_outer=1, inner_y_warmup=2, inner_y=2, inner_z=1, zo_samples=12, zo_steps=3, eval_samples=16,
+        fid_shrinkage=0.2, final_samples=6, final_real=6, sample_batch=64,
+    ),
+    # the default main job on a 2-core CPU: mnist5k at 16 px, a 160 k-parameter U-Net (ENVIRONMENT.md §6.1)
+    "quick": dict(),
+    # the paper's settings (§5.5): full MNIST, 28 px, ~1.06 M-parameter U-Net, batch 128, 3 epochs (2 warm-up), GPU
+    "paper": dict(
+        dataset="mnist", image_size=28, block_out_channels=(32, 64, 64), batch_size=128, lr=1e-3, lr_z=1e-3,
+        weight_decay=0.01, lr_schedule="cosine", ema_decay=0.999, outer_steps=1407, warmup_outer=938,
+        inner_y_warmup=10, inner_y=10, inner_z=1, lr_start=0.01, lr_end=0.01, lr_tau=0.1, lr_eps=0.001,
+        zo_q_estimator="gaussian",
+        zo_samples=256, zo_steps=50, eval_samples=2000, final_samples=10000, final_real=10000,
+        sample_batch=1000, device="auto",
+    ),
+}
+
+
+def _check(cfg: NoiseScheduleSettings) -> None:
+    positive = ("image_size", "batch_size", "T", "outer_steps", "inner_y_warmup", "inner_y", "inner_z", "zo_directions",
+                "zo_samples", "zo_steps", "eval_samples", "final_samples", "final_real", "sample_batch")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"noise_schedule setting {key!r} must be >= 1, got {getattr(cfg, key)}.")
+    if not 0 <= cfg.warmup_outer <= cfg.outer_steps:
+        raise ConfigError(f"warmup_outer must be in [0, outer_steps={cfg.outer_steps}], got {cfg.warmup_outer}.")
+    for key in ("lr", "lr_z", "gamma", "gamma_end", "zo_mu", "zo_mu_z"):
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"noise_schedule setting {key!r} must be > 0, got {getattr(cfg, key)}.")
+    for key in ("lr_start", "lr_end", "lr_tau", "lr_eps", "weight_decay"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"noise_schedule setting {key!r} must be >= 0, got {getattr(cfg, key)}.")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}.")
+    choices = {"z_init": ("previous", "copy_y"), "z_fid_grad": ("zo", "none"), "lr_schedule": ("constant", "cosine"),
+               "zo_q_estimator": ("coordinate", "gaussian"),
+               "device": ("cpu", "cuda", "auto")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"noise_schedule setting {key!r} must be one of {list(allowed)}, got {getattr(cfg, key)!r}.")
+    steps = cfg.zo_steps if cfg.eval_steps is None else cfg.eval_steps
+    if max(steps, cfg.zo_steps) > cfg.T:
+        raise ConfigError(f"DDIM steps ({cfg.zo_steps}/{steps}) cannot exceed T={cfg.T}; lower zo_steps/eval_steps.")
+
+
+class NoiseScheduleTask(Task):
+    """Algorithm 6 as a :class:`~ray_bilevel.tasks.base.Task` (registered as ``"noise_schedule"``)."""
+
+    name = "noise_schedule"
+    metric = "fid_domain"
+    mode = "min"
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__(config)
+        self.cfg = cfg = resolve(NoiseScheduleSettings, PRESETS, config)
+        cfg.block_out_channels = tuple(int(c) for c in cfg.block_out_channels)
+        _check(cfg)
+        if cfg.device == "auto":
+            cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device='cuda' but no CUDA device is visible; use device='cpu' or 'auto'.")
+        self.device = torch.device(cfg.device)
+        self.schedule = NoiseSchedule(cfg.family, cfg.parameterisation, cfg.T, cfg.start, cfg.end, cfg.tau, cfg.eps,
+                                      bounds=cfg.bounds)
+        self.upper = UpperMetrics(cfg, self.device)
+        self.train_images = self.upper.train_images
+        self.shape = tuple(self.train_images.shape[1:])
+        with torch.random.fork_rng(devices=[]):  # deterministic init without touching the global RNG
+            torch.manual_seed(cfg.seed)
+            self.y = build_unet(cfg.image_size, self.shape[0], cfg.block_out_channels, cfg.layers_per_block,
+                                norm_num_groups=cfg.norm_num_groups).to(self.device)
+        self.z = copy.deepcopy(self.y)  # a second, separate network (decision (b))
+        self.opt_y = torch.optim.AdamW(self.y.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt_z = torch.optim.AdamW(self.z.parameters(), lr=cfg.lr_z, weight_decay=cfg.weight_decay)
+        self.opt_q = torch.optim.Adam(
+            [{"params": [getattr(self.schedule, n)], "lr": getattr(cfg, f"lr_{n}"), "name": n} for n in NAMES],
+            weight_decay=0.0,
+        )
+        self.ema = EMA(self.y, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.gens = {k: torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i, k in enumerate(("lower", "penalty", "hyper", "zo"), 1)}
+        self.eval_noise = initial_noise(cfg.eval_samples, self.shape, cfg.eval_seed)
+        self.perm = torch.randperm(len(self.train_images), generator=self.gens["lower"])
+        self.cursor = 0
+        self.lower_steps = 0
+        self.outer_done = 0
+        self.bilevel_steps = 0
+        self.trajectory: list[dict[str, float]] = []
+        self.projected: list[str] = []
+
+    # -- the upper variable ---------------------------------------------------------------
+    def hyperparameters(self) -> dict[str, float]:
+        return self.schedule.hyperparameters()
+
+    def set_hyperparameters(self, values: Mapping[str, float]) -> None:
+        self.schedule.set_hyperparameters({k: float(v) for k, v in values.items()})
+
+    @property
+    def lower_budget(self) -> int:
+        c = self.cfg
+        return c.warmup_outer * c.inner_y_warmup + (c.outer_steps - c.warmup_outer) * c.inner_y
+
+    @property
+    def outer_budget(self) -> int:
+        return self.cfg.outer_steps
+
+    # -- lower level (y) ------------------------------------------------------------------
+    def _next_batch(self) -> torch.Tensor:
+        n, b = len(self.train_images), min(self.cfg.batch_size, len(self.train_images))
+        if self.cursor + b > n:
+            self.perm = torch.randperm(n, generator=self.gens["lower"])
+            self.cursor = 0
+        idx = self.perm[self.cursor : self.cursor + b]
+        self.cursor += b
+        return self.train_images[idx].to(self.device)
+
+    def _lr_y(self) -> float:
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        progress = min(1.0, self.lower_steps / max(1, self.lower_budget))
+        return self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _alphas(self) -> torch.Tensor:
+        return self.schedule.alphas_cumprod().detach().to(self.device)
+
+    def _y_step(self, alphas: torch.Tensor) -> float:
+        x0 = self._next_batch()
+        t, noise = self._draw_t_noise(x0, self.gens["lower"])
+        for group in self.opt_y.param_groups:
+            group["lr"] = self._lr_y()
+        loss = score_matching_loss(self.y, x0, alphas, t=t, noise=noise)
+        self.opt_y.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_y.step()
+        self.lower_steps += 1
+        self.last_x0 = x0
+        if self.ema is not None:
+            self.ema.update(self.y)
+        return float(loss.detach())
+
+    def _draw_t_noise(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.randint(0, self.cfg.T, (x0.shape[0],), generator=gen).to(self.device)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        return t, noise
+
+    def lower_step(self) -> dict[str, float]:
+        """One AdamW step of y on SM(y; q) at the fixed q (the baselines' unit of work)."""
+        loss = self._y_step(self._alphas())
+        return {"lower_loss": loss, "samples_seen": float(self.lower_steps * self.cfg.batch_size)}
+
+    # -- the upper objective with common random numbers -------------------------------------
+    def _fid(self, model: torch.nn.Module, alphas: torch.Tensor, x_T: torch.Tensor) -> float:
+        images = ddim_sample(model, alphas, x_T, self.cfg.zo_steps, batch_size=self.cfg.sample_batch)
+        return self.upper.fid_domain(images)
+
+    def _zo_noise(self) -> torch.Tensor:
+        return torch.randn((self.cfg.zo_samples, *self.shape), generator=self.gens["zo"]).to(self.device)
+
+    # -- one outer iteration -----------------------------------------------------------------
+    def _gamma(self) -> float:
+        c = self.cfg
+        span = max(1, c.outer_steps - c.warmup_outer - 1)
+        return c.gamma + (c.gamma_end - c.gamma) * min(1.0, self.bilevel_steps / span)
+
+    def hyper_step(self) -> dict[str, float]:
+        c = self.cfg
+        warm = self.outer_done < c.warmup_outer
+        alphas = self._alphas()
+        losses = [self._y_step(alphas) for _ in range(c.inner_y_warmup if warm else c.inner_y)]
+        report = {"lower_loss": sum(losses) / len(losses), "samples_seen": float(self.lower_steps * c.batch_size)}
+        self.outer_done += 1
+        if warm:
+            report.update(hypergrad_norm=0.0, warmup=1.0)
+            return report
+        gamma = self._gamma()
+        x0 = self.last_x0
+        report.update(self._penalty_steps(alphas, x0, gamma))
+        report.update(self._schedule_step(x0, gamma))
+        self.bilevel_steps += 1
+        report.update(warmup=0.0, gamma=gamma)
+        self.trajectory.append({"outer_step": float(self.outer_done), **self.hyperparameters()})
+        return report
+
+    def _penalty_steps(self, alphas: torch.Tensor, x0: torch.Tensor, gamma: float) -> dict[str, float]:
+        """Decision (b): K_z AdamW steps of the real network z on (1/gamma) ZO-grad_z FID + grad_z SM(z; q)."""
+        c = self.cfg
+        if self.bilevel_steps == 0 or c.z_init == "copy_y":
+            with torch.no_grad():
+                for pz, py in zip(self.z.parameters(), self.y.parameters()):
+                    pz.copy_(py)  # in place: opt_z keeps pointing at z's live tensors
+                    # warm start includes y's AdamW moments: a fresh Adam's first step moves every weight by ~lr
+                    # and, measured at 1,200 y steps, raises the 96-sample fid_domain of z from ~290 to ~770
+                    self.opt_z.state[pz] = {k: v.clone() if torch.is_tensor(v) else v for k, v in self.opt_y.state[py].items()}
+        params = list(self.z.parameters())
+        z_losses, zo_norm, fids = [], 0.0, []
+        for _ in range(c.inner_z):
+            zo_grad = None
+            if c.z_fid_grad == "zo":
+                flat = get_flat(params)
+                x_T = self._zo_noise()
+
+                def f(v: torch.Tensor) -> float:
+                    set_flat_(params, v)
+                    return self._fid(self.z, alphas, x_T)
+
+                res = zo_gradient(f, flat, c.zo_mu_z, c.zo_directions, self.gens["zo"])
+                set_flat_(params, flat)
+                zo_grad, zo_norm = res.grad, float(res.grad.norm())
+                fids += res.f_plus + res.f_minus
+            t, noise = self._draw_t_noise(x0, self.gens["penalty"])
+            loss = score_matching_loss(self.z, x0, alphas, t=t, noise=noise)
+            self.opt_z.zero_grad(set_to_none=True)
+            loss.backward()
+            if zo_grad is not None:
+                offset = 0
+                for p in params:
+                    p.grad.add_(zo_grad[offset : offset + p.numel()].view_as(p), alpha=1.0 / gamma)
+                    offset += p.numel()
+            self.opt_z.step()
+            z_losses.append(float(loss.detach()))
+        with torch.no_grad():
+            dist = math.sqrt(sum(float((pz - py).pow(2).sum()) for pz, py in zip(self.z.parameters(), self.y.parameters())))
+        out = {"z_loss": sum(z_losses) / len(z_losses), "z_zo_grad_norm": zo_norm, "zy_distance": dist}
+        if fids:
+            out["fid_domain_z"] = sum(fids) / len(fids)
+        return out
+
+    def _schedule_step(self, x0: torch.Tensor, gamma: float) -> dict[str, float]:
+        """Eq. (4)/(15) divided by gamma: Adam on g_q/gamma + (h_z - h_y), then projection."""
+        c, s = self.cfg, self.schedule
+        params = [getattr(s, n) for n in NAMES]
+        t, noise = self._draw_t_noise(x0, self.gens["hyper"])
+        h_y, h_z = self.sm_schedule_gradients(x0, t, noise)
+        q0 = s.q.detach()
+        x_T = self._zo_noise()
+
+        def f(qv: torch.Tensor) -> float:  # common random numbers: x_T, timesteps and features fixed
+            return self._fid(self.z, self._alphas_of(qv), x_T)
+
+        if c.zo_q_estimator == "gaussian":
+            res = zo_gradient(f, q0, c.zo_mu, c.zo_directions, self.gens["zo"])
+        else:
+            lower, upper = zip(*(s.bounds[n] for n in NAMES))
+            res = coordinate_zo(f, q0, c.zo_mu, lower, upper)
+        direction = res.grad / gamma + (h_z - h_y)
+        if not bool(torch.isfinite(direction).all()):
+            raise FloatingPointError(f"non-finite schedule hypergradient {direction.tolist()} at q={q0.tolist()}; lower zo_mu or the hyper learning rates.")
+        self.opt_q.zero_grad(set_to_none=True)
+        for p, g in zip(params, direction):
+            p.grad = g.clone().to(p.dtype)
+        self.opt_q.step()
+        self._project()
+        fids = res.f_plus + res.f_minus
+        return {
+            "hypergrad_norm": float((res.grad + gamma * (h_z - h_y)).norm()),
+            "zo_grad_norm": float(res.grad.norm()),
+            "penalty_grad_norm": float((h_z - h_y).norm()),
+            "fid_domain_zo": sum(fids) / len(fids),
+        }
+
+    def sm_schedule_gradients(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_y, h_z) = grad_q SM(y; q), grad_q SM(z; q) on the SAME (x0, t, eps) (ALGORITHMS §1), as (4,) tensors."""
+        params = [getattr(self.schedule, n) for n in NAMES]
+        h = []
+        for net in (self.y, self.z):
+            loss = score_matching_loss(net, x0, self.schedule.alphas_cumprod().to(self.device), t=t, noise=noise)
+            h.append(torch.stack(torch.autograd.grad(loss, params)).detach().cpu())
+        return h[0], h[1]
+
+    def _alphas_of(self, qv: torch.Tensor) -> torch.Tensor:
+        """alphas_cumprod of a (perturbed) q without touching the module (ZO probes may leave the bounds)."""
+        s = self.schedule
+        return alphas_cumprod_from(qv, s.family, s.parameterisation, s.T, s.clip_min).to(self.device)
+
+    def _project(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            before = self.schedule.hyperparameters()
+            after = self.schedule.project_()
+        moved = sorted(n for n in NAMES if before[n] != after[n] and n not in self.projected)
+        if moved:  # warn once per parameter and trial; later clamps are silent but counted in the trajectory
+            self.projected += moved
+            warnings.warn(f"noise_schedule: projected {moved} onto the bounds {[self.schedule.bounds[n] for n in moved]} "
+                          f"(now {after}); widen `bounds` to let them move further.", stacklevel=3)
+        try:
+            self.schedule.check_feasible()
+        except ConfigError as exc:
+            raise FloatingPointError(f"the learned schedule left the feasible set: {exc}") from exc
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.y
+
+    def samples(self, n: int | None = None) -> torch.Tensor:
+        """DDIM samples of the reported network (EMA of y) under the current q from the fixed eval noise."""
+        c = self.cfg
+        steps = c.zo_steps if c.eval_steps is None else c.eval_steps
+        x_T = self.eval_noise if n is None or n <= len(self.eval_noise) else initial_noise(n, self.shape, c.eval_seed)
+        x_T = x_T[: n or len(x_T)].to(self.device)
+        return ddim_sample(self._eval_model(), self._alphas(), x_T, steps, batch_size=c.sample_batch).cpu()
+
+    def evaluate(self, final: bool = False) -> dict[str, float]:
+        c = self.cfg
+        images = self.samples(max(c.eval_samples, c.final_samples) if final else None)
+        out = {"fid_domain": self.upper.fid_domain(images[: c.eval_samples])}
+        out.update(abar_report(self._alphas()))
+        if final:
+            out.update(self.upper.final(images[: c.final_samples]))
+        self.last_images = images[:64]
+        return out
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return state_of(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        load_state(self, state)
+
+    def export(self, directory: str) -> None:
+        if not hasattr(self, "last_images"):
+            self.last_images = self.samples(min(64, self.cfg.eval_samples))
+        write_exports(self, directory, settings=asdict(self.cfg))
