@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="all", help="noise_schedule, reward_lambda, all (both; default), or any registered task")
     p.add_argument("--preset", default="quick", choices=("smoke", "quick", "paper"), help="task preset (default quick)")
-    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(ALL_METHODS)} (default: the task's)")
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(ALL_METHODS)} (default: every method of the task; quick: the paper's baselines + default + bilevel)")
     p.add_argument("--trials", type=int, default=None, help="trials per searcher method (default: the preset's budget)")
     p.add_argument("--seed", type=int, default=0, help="seed of every task and searcher (default 0)")
     p.add_argument("--address", default=None, help="Ray cluster to join ('auto', host:port, ray://...); default: a private local instance")

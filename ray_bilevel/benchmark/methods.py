@@ -65,29 +65,40 @@ class Profile:
             (points of the FID-vs-time curves, PBT's decision points).
         overrides: task settings applied to every trial of every method (same model, data, evaluator).
         pbt_interval: PBT perturbation interval in Tune iterations.
+        methods: the methods run when ``--methods`` is not given (``None``: every method of the task).
+        max_concurrent: trials of one method in flight at once (``None``: as many as the cluster fits).
+            Smoke trials last about a second, so starting a second actor (imports, task build) costs
+            more than it saves: one actor runs them in turn.
     """
 
     trials: int | None
     iterations: int = 4
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     pbt_interval: int = 1
+    methods: tuple[str, ...] | None = None
+    max_concurrent: int | None = None
 
 
 _PROFILES: dict[str, Profile] = {
-    "smoke": Profile(trials=2, iterations=2),
+    "smoke": Profile(trials=2, iterations=2, max_concurrent=1),
     "quick": Profile(trials=4, iterations=4),
     "paper": Profile(trials=None, iterations=10, pbt_interval=2),
 }
-#: Per-task adjustments of a preset's profile, fitted to compare.py's budgets: ``--preset smoke`` in
-#: about 2 minutes, the default (both tasks, quick) in at most 20 minutes on a 2-core CPU, where one
-#: noise-schedule trial of the task's own quick preset (1,200 U-Net steps, 1,000-sample evaluations,
-#: 500-image Inception FID) costs about 2 minutes alone and 7 methods must fit in about 10.
+#: Per-task adjustments of a preset's profile, fitted to compare.py's budgets: ``--preset smoke`` runs
+#: every method in about 2 minutes; the default (both tasks, quick) must finish in 20 minutes on a
+#: 2-core CPU. There one noise-schedule trial (the task's quick preset: ~1,200 U-Net steps) costs
+#: about 2 CPU-minutes and the bilevel run about 4, so the quick default runs the paper's own
+#: comparison (its baselines, ALGORITHMS.md §4.9 / §5.6, plus the default) with two trials per
+#: searcher; TPE and PBT run with ``--methods``.
 _TASK_PROFILES: dict[tuple[str, str], Profile] = {
-    # the task's full quick training (1,200 U-Net steps: at 600 the default schedule's samples are still
-    # far from digits), lighter evaluations, two trials per searcher (one round on two cores)
-    ("noise_schedule", "quick"): Profile(trials=2, iterations=4, overrides={"eval_samples": 500, "final_samples": 200}),
-    # a fixed-lambda trial is 6 guided rounds (~15 s): four trials per searcher, two rounds on two cores
-    ("reward_lambda", "quick"): Profile(trials=4, iterations=3),
+    ("noise_schedule", "quick"): Profile(
+        trials=2, iterations=3, overrides={"eval_samples": 500, "final_samples": 200},
+        methods=("default", "bilevel", "greedy", "random", "bayes"),
+    ),
+    # a fixed-lambda trial is a few guided rounds (~20 s): four trials per searcher, two rounds on two cores
+    ("reward_lambda", "quick"): Profile(
+        trials=4, iterations=3, methods=("default", "bilevel", "grid", "random", "bayes", "weighted_sum"),
+    ),
 }
 
 
@@ -178,7 +189,7 @@ def build_experiment(
             log_config=False,
         )
         return ExperimentSpec(task, method, False, {**base, **space.tune_domains()}, metric, mode,
-                              search_alg=BasicVariantGenerator(random_state=seed),
+                              search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent),
                               scheduler=scheduler, num_samples=trials, trials=trials)
     if method not in SEARCH_METHODS:  # pragma: no cover - ALL_METHODS covers it
         raise ConfigError(f"no searcher for method {method!r}.")

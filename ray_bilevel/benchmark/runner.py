@@ -133,6 +133,7 @@ def run_method(
     """Run ``method`` on ``task`` as one Tune experiment and summarise it (without the final evaluation)."""
     from ray import tune
 
+    max_concurrent = min(max_concurrent, profile.max_concurrent or max_concurrent)
     spec = build_experiment(task, method, base, metric, mode, trials, profile, cfg.seed, max_concurrent)
     cls = BenchBilevelTrainable if spec.bilevel else BenchFixedTrainable
     trainable = tune.with_resources(cls, dict(_ray_resources(cfg.resources)))
@@ -155,7 +156,7 @@ def run_method(
             param_space=spec.param_space,
             tune_config=tune.TuneConfig(
                 metric=spec.metric, mode=spec.mode, search_alg=spec.search_alg, scheduler=spec.scheduler,
-                num_samples=spec.num_samples, reuse_actors=True,
+                num_samples=spec.num_samples, reuse_actors=True, max_concurrent_trials=max_concurrent,
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, verbose=cfg.verbose,
@@ -320,8 +321,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
 def _task_plan(task: str, cfg: BenchmarkConfig) -> tuple:
     """Methods, trial constants, objective, budget and hyperparameter names of one task (raises early)."""
     cls = get_task(task)
-    methods = list(cfg.methods) if cfg.methods else list(methods_for(task))
     profile = profile_for(task, cfg.preset)
+    methods = list(cfg.methods or profile.methods or methods_for(task))
     try:
         space = space_for(task)
     except ConfigError:

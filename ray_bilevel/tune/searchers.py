@@ -91,7 +91,8 @@ def make_searcher(
             full grids for grid / greedy). A grid with a budget takes floor(budget^(1/d)) points per
             coordinate, evenly (log-evenly) spaced over each grid's span (1-D: exactly ``budget``
             points; 5 points over the lambda grid's span are the released grid).
-        max_concurrent: trials in flight at once for the model-based searchers (``None`` = no limit).
+        max_concurrent: trials in flight at once (``None`` = no limit; grid search takes Tune's
+            ``max_concurrent_trials`` instead).
         **kwargs: passed to the searcher (e.g. ``acq_func="EI"``, ``n_initial_points=5``, ``penalty=``).
     """
     if name not in METHODS:
@@ -122,7 +123,8 @@ def make_searcher(
     if name == "random":
         from ray.tune.search import BasicVariantGenerator
 
-        return SearchPlan(name, BasicVariantGenerator(random_state=seed, **kwargs), space.tune_domains(), n, n)
+        generator = BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0, **kwargs)
+        return SearchPlan(name, generator, space.tune_domains(), n, n)
 
     if name == "greedy":
         searcher = GreedyGridSearcher(
