@@ -12,7 +12,7 @@ from ray_bilevel.config import ConfigError
 from ray_bilevel.tasks import get_task
 from ray_bilevel.tasks.noise_schedule import NoiseScheduleTask
 
-pytestmark = pytest.mark.filterwarnings("ignore:FID with")
+pytestmark = [pytest.mark.filterwarnings("ignore:FID with"), pytest.mark.filterwarnings("ignore:noise_schedule. projected:UserWarning")]
 
 
 def smoke(seed: int = 0, **over) -> NoiseScheduleTask:
@@ -89,6 +89,43 @@ def test_copy_y_initialisation_is_in_place():
     assert 0 < task.hyper_step()["zy_distance"] < 1.0  # z = y + one SM step
 
 
+def test_z_warm_start_carries_y_optimizer_state_and_cooldown_freezes_q():
+    task = smoke(seed=2, z_init="copy_y", z_fid_grad="none", outer_steps=4, cooldown_outer=1)
+    assert task.lower_budget == 2 + 3 * 2
+    task.hyper_step()
+    task.hyper_step()
+    y_step = next(iter(task.opt_y.state.values()))["step"]
+    z_step = next(iter(task.opt_z.state.values()))["step"]
+    assert float(z_step) == float(y_step) + 1  # copied from y, then one penalty step
+    task.hyper_step()
+    q = task.hyperparameters()
+    out = task.hyper_step()  # the cool-down step trains y only
+    assert out["cooldown"] == 1.0 and out["hypergrad_norm"] == 0.0 and task.hyperparameters() == q
+    assert task.lower_steps == task.lower_budget
+
+
+def test_coordinate_zo_is_exact_on_linear_functions_and_respects_the_box():
+    from ray_bilevel.tasks.noise_schedule_parts import coordinate_zo
+
+    a = torch.tensor([1.5, -2.0, 0.25, 3.0], dtype=torch.float64)
+    calls = []
+
+    def f(x):
+        calls.append(x.clone())
+        return float(a @ x + 0.5 * (x**2).sum())
+
+    x = torch.tensor([0.0, 1.0, 0.5, 0.2], dtype=torch.float64)
+    lower, upper = [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.2]
+    res = coordinate_zo(f, x, 1e-3, lower, upper)
+    assert all(bool(((c >= torch.tensor(lower)) & (c <= torch.tensor(upper) + 1e-12)).all()) for c in calls)
+    exact = a + x
+    # central differences are exact for quadratics; one-sided ones (coordinates 0, 1, 3 sit on a bound) are O(mu)
+    assert abs(float(res.grad[2] - exact[2])) < 1e-9
+    assert torch.allclose(res.grad, exact, atol=1e-3)
+    assert res.evaluations == 2 * 4 and len(calls) == 1 + 3 + 2  # f(x) once, shared by the one-sided coordinates
+    assert torch.equal(coordinate_zo(lambda v: 7.0, x, 1e-3, lower, upper).grad, torch.zeros(4, dtype=torch.float64))
+
+
 def test_h_z_minus_h_y_is_exactly_zero_when_z_equals_y():
     task = smoke(seed=3)
     task.hyper_step()
@@ -102,9 +139,10 @@ def test_h_z_minus_h_y_is_exactly_zero_when_z_equals_y():
     assert not torch.equal(h_y, h_z)
 
 
-def test_zo_estimate_is_exactly_zero_when_fid_is_constant_along_the_direction():
+@pytest.mark.parametrize("estimator", ["coordinate", "gaussian"])
+def test_zo_estimate_is_exactly_zero_when_fid_is_constant_along_the_direction(estimator):
     """Common random numbers: with q ignored by the sampler, the ± FIDs are identical, so the estimate is 0."""
-    task = smoke(seed=4, zo_directions=3)
+    task = smoke(seed=4, zo_directions=3, zo_q_estimator=estimator)
     task.hyper_step()
     fixed_alphas = task._alphas()
     task._alphas_of = lambda qv: fixed_alphas  # f(q) constant in every direction

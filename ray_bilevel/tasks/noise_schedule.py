@@ -5,7 +5,8 @@ y = score matching (24) of a U-Net under q; upper objective = FID of DDIM sample
 ``hyper_step`` is one outer iteration of Algorithm 6:
 
 1. K_y AdamW steps of y on SM(y; q) (K_y^warm during the first ``warmup_outer`` steps, which make
-   no hyperparameter update: the E0 warm-up epochs).
+   no hyperparameter update: the E0 warm-up epochs; ``cooldown_outer`` steps before the last ``polish_outer``
+   ones make none either, so that y adapts to q [derived; both 0 = Algorithm 6 as printed]).
 2. Penalty problem (decision (b)): z is a second U-Net with its own AdamW on its live parameters,
    initialised in place from y (once for ``z_init="previous"``, before every step for ``"copy_y"``);
    K_z steps on ``(1/gamma) ZO-grad_z FID + grad_z SM(z; q)``.
@@ -41,6 +42,7 @@ from ray_bilevel.tasks.base import Task
 from ray_bilevel.tasks.noise_schedule_parts import (
     UpperMetrics,
     abar_report,
+    check_settings,
     coordinate_zo,
     get_flat,
     load_state,
@@ -83,11 +85,14 @@ class NoiseScheduleSettings:
     tau: float | None = None
     eps: float | None = None
     bounds: dict | None = None
-    # Algorithm 6 loop (quick values: 400 warm-up y steps, then 12 outer steps of 67 y steps = 1204 y steps)
-    outer_steps: int = 22
-    warmup_outer: int = 10
+    # Algorithm 6 loop. quick: 5 warm-up outer steps of 40 y steps, 10 bilevel, 8 cool-down and 2 polishing outer
+    # steps of 50 y steps (1,200 y steps in all, as the fixed-schedule baseline); see docs/noise_schedule.md
+    outer_steps: int = 25
+    warmup_outer: int = 5
+    cooldown_outer: int = 8
+    polish_outer: int = 2  # bilevel outer steps after the cool-down: q adapts to the trained y
     inner_y_warmup: int = 40
-    inner_y: int = 67
+    inner_y: int = 50
     inner_z: int = 1
     z_init: str = "previous"  # or "copy_y"
     z_fid_grad: str = "zo"  # or "none": z steps on SM only
@@ -95,7 +100,7 @@ class NoiseScheduleSettings:
     gamma_end: float = 1.0
     lr_start: float = 0.005
     lr_end: float = 0.005
-    lr_tau: float = 0.05
+    lr_tau: float = 0.06
     lr_eps: float = 0.002
     zo_q_estimator: str = "coordinate"  # or "gaussian": eq. (14) with zo_directions Gaussian directions (paper)
     zo_mu: float = 0.01
@@ -119,48 +124,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     # tests: seconds
     "smoke": dict(
         dataset="mnist5k", image_size=8, block_out_channels=(8, 16), batch_size=16, T=100, outer_steps=3,
-        warmup_outer=1, inner_y_warmup=2, inner_y=2, inner_z=1, zo_samples=12, zo_steps=3, eval_samples=16,
-        fid_shrinkage=0.2, final_samples=6, final_real=6, sample_batch=64,
+        warmup_outer=1, cooldown_outer=0, polish_outer=0, inner_y_warmup=2, inner_y=2, inner_z=1, zo_samples=12,
+        zo_steps=3, eval_samples=16, fid_shrinkage=0.2, final_samples=6, final_real=6, sample_batch=64,
     ),
-    # the default main job on a 2-core CPU: mnist5k at 16 px, a 160 k-parameter U-Net (ENVIRONMENT.md §6.1)
-    "quick": dict(),
+    # the default main job on a 2-core CPU: mnist5k at 16 px, a 160 k-parameter U-Net (ENVIRONMENT.md §6.1).
+    # z = y copied (with its AdamW state) before each penalty step, z steps on SM only: measured, a 1-direction ZO
+    # step on z's 1.6e5 weights (Adam-normalised) or a z that lags y ("previous") wrecks z, and the schedule's
+    # ZO gradient is taken at z (docs/noise_schedule.md)
+    "quick": dict(z_init="copy_y", z_fid_grad="none"),
     # the paper's settings (§5.5): full MNIST, 28 px, ~1.06 M-parameter U-Net, batch 128, 3 epochs (2 warm-up), GPU
     "paper": dict(
         dataset="mnist", image_size=28, block_out_channels=(32, 64, 64), batch_size=128, lr=1e-3, lr_z=1e-3,
-        weight_decay=0.01, lr_schedule="cosine", ema_decay=0.999, outer_steps=1407, warmup_outer=938,
-        inner_y_warmup=10, inner_y=10, inner_z=1, lr_start=0.01, lr_end=0.01, lr_tau=0.1, lr_eps=0.001,
+        weight_decay=0.01, lr_schedule="cosine", ema_decay=0.999, outer_steps=1407, warmup_outer=938, cooldown_outer=0,
+        polish_outer=0, inner_y_warmup=10, inner_y=10, inner_z=1, lr_start=0.01, lr_end=0.01, lr_tau=0.1, lr_eps=0.001,
         zo_q_estimator="gaussian",
         zo_samples=256, zo_steps=50, eval_samples=2000, final_samples=10000, final_real=10000,
         sample_batch=1000, device="auto",
     ),
 }
-
-
-def _check(cfg: NoiseScheduleSettings) -> None:
-    positive = ("image_size", "batch_size", "T", "outer_steps", "inner_y_warmup", "inner_y", "inner_z", "zo_directions",
-                "zo_samples", "zo_steps", "eval_samples", "final_samples", "final_real", "sample_batch")
-    for key in positive:
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"noise_schedule setting {key!r} must be >= 1, got {getattr(cfg, key)}.")
-    if not 0 <= cfg.warmup_outer <= cfg.outer_steps:
-        raise ConfigError(f"warmup_outer must be in [0, outer_steps={cfg.outer_steps}], got {cfg.warmup_outer}.")
-    for key in ("lr", "lr_z", "gamma", "gamma_end", "zo_mu", "zo_mu_z"):
-        if not getattr(cfg, key) > 0:
-            raise ConfigError(f"noise_schedule setting {key!r} must be > 0, got {getattr(cfg, key)}.")
-    for key in ("lr_start", "lr_end", "lr_tau", "lr_eps", "weight_decay"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"noise_schedule setting {key!r} must be >= 0, got {getattr(cfg, key)}.")
-    if not 0 <= cfg.ema_decay < 1:
-        raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}.")
-    choices = {"z_init": ("previous", "copy_y"), "z_fid_grad": ("zo", "none"), "lr_schedule": ("constant", "cosine"),
-               "zo_q_estimator": ("coordinate", "gaussian"),
-               "device": ("cpu", "cuda", "auto")}
-    for key, allowed in choices.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"noise_schedule setting {key!r} must be one of {list(allowed)}, got {getattr(cfg, key)!r}.")
-    steps = cfg.zo_steps if cfg.eval_steps is None else cfg.eval_steps
-    if max(steps, cfg.zo_steps) > cfg.T:
-        raise ConfigError(f"DDIM steps ({cfg.zo_steps}/{steps}) cannot exceed T={cfg.T}; lower zo_steps/eval_steps.")
 
 
 class NoiseScheduleTask(Task):
@@ -174,7 +155,7 @@ class NoiseScheduleTask(Task):
         super().__init__(config)
         self.cfg = cfg = resolve(NoiseScheduleSettings, PRESETS, config)
         cfg.block_out_channels = tuple(int(c) for c in cfg.block_out_channels)
-        _check(cfg)
+        check_settings(cfg)
         if cfg.device == "auto":
             cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -278,25 +259,27 @@ class NoiseScheduleTask(Task):
     # -- one outer iteration -----------------------------------------------------------------
     def _gamma(self) -> float:
         c = self.cfg
-        span = max(1, c.outer_steps - c.warmup_outer - 1)
+        span = max(1, c.outer_steps - c.warmup_outer - c.cooldown_outer - 1)  # gamma_end at the last bilevel step
         return c.gamma + (c.gamma_end - c.gamma) * min(1.0, self.bilevel_steps / span)
 
     def hyper_step(self) -> dict[str, float]:
         c = self.cfg
         warm = self.outer_done < c.warmup_outer
+        end_cool = c.outer_steps - c.polish_outer
+        cool = end_cool - c.cooldown_outer <= self.outer_done < end_cool
         alphas = self._alphas()
         losses = [self._y_step(alphas) for _ in range(c.inner_y_warmup if warm else c.inner_y)]
         report = {"lower_loss": sum(losses) / len(losses), "samples_seen": float(self.lower_steps * c.batch_size)}
         self.outer_done += 1
-        if warm:
-            report.update(hypergrad_norm=0.0, warmup=1.0)
+        if warm or cool:  # no hyperparameter update: warm-up (E0 epochs) or cool-down (y adapts to the final q)
+            report.update(hypergrad_norm=0.0, warmup=float(warm), cooldown=float(cool))
             return report
         gamma = self._gamma()
         x0 = self.last_x0
         report.update(self._penalty_steps(alphas, x0, gamma))
         report.update(self._schedule_step(x0, gamma))
         self.bilevel_steps += 1
-        report.update(warmup=0.0, gamma=gamma)
+        report.update(warmup=0.0, cooldown=0.0, gamma=gamma)
         self.trajectory.append({"outer_step": float(self.outer_done), **self.hyperparameters()})
         return report
 
@@ -360,7 +343,8 @@ class NoiseScheduleTask(Task):
             res = zo_gradient(f, q0, c.zo_mu, c.zo_directions, self.gens["zo"])
         else:
             lower, upper = zip(*(s.bounds[n] for n in NAMES))
-            res = coordinate_zo(f, q0, c.zo_mu, lower, upper)
+            frozen = [getattr(c, f"lr_{n}") == 0 for n in NAMES]  # a zero hyper learning rate: not probed
+            res = coordinate_zo(f, q0, c.zo_mu, lower, upper, skip=frozen)
         direction = res.grad / gamma + (h_z - h_y)
         if not bool(torch.isfinite(direction).all()):
             raise FloatingPointError(f"non-finite schedule hypergradient {direction.tolist()} at q={q0.tolist()}; lower zo_mu or the hyper learning rates.")
@@ -370,8 +354,10 @@ class NoiseScheduleTask(Task):
         self.opt_q.step()
         self._project()
         fids = res.f_plus + res.f_minus
+        full = res.grad + gamma * (h_z - h_y)  # the estimate of grad F_gamma(q), eq. (4)/(15)
         return {
-            "hypergrad_norm": float((res.grad + gamma * (h_z - h_y)).norm()),
+            **{f"hypergrad_{n}": float(g) for n, g in zip(NAMES, full)},
+            "hypergrad_norm": float(full.norm()),
             "zo_grad_norm": float(res.grad.norm()),
             "penalty_grad_norm": float((h_z - h_y).norm()),
             "fid_domain_zo": sum(fids) / len(fids),

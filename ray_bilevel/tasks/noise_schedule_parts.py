@@ -18,10 +18,40 @@ from ray_bilevel.estimators.zeroth_order import ZOResult
 if TYPE_CHECKING:  # pragma: no cover
     from ray_bilevel.tasks.noise_schedule import NoiseScheduleSettings, NoiseScheduleTask
 
-__all__ = ["UpperMetrics", "abar_report", "coordinate_zo", "get_flat", "set_flat_", "state_of", "load_state",
+__all__ = ["UpperMetrics", "abar_report", "check_settings", "coordinate_zo", "get_flat", "set_flat_", "state_of", "load_state",
            "write_exports", "image_grid"]
 
 _FORMAT = "ray_bilevel.noise_schedule/1"
+
+
+def check_settings(cfg: "NoiseScheduleSettings") -> None:
+    """Raise a one-line ConfigError for an invalid noise_schedule setting."""
+    positive = ("image_size", "batch_size", "T", "outer_steps", "inner_y_warmup", "inner_y", "inner_z", "zo_directions",
+                "zo_samples", "zo_steps", "eval_samples", "final_samples", "final_real", "sample_batch")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"noise_schedule setting {key!r} must be >= 1, got {getattr(cfg, key)}.")
+    phases = (cfg.warmup_outer, cfg.cooldown_outer, cfg.polish_outer)
+    if min(phases) < 0 or sum(phases) > cfg.outer_steps:
+        raise ConfigError(f"warmup_outer + cooldown_outer + polish_outer must be in [0, outer_steps={cfg.outer_steps}], "
+                          f"got {' + '.join(map(str, phases))}.")
+    for key in ("lr", "lr_z", "gamma", "gamma_end", "zo_mu", "zo_mu_z"):
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"noise_schedule setting {key!r} must be > 0, got {getattr(cfg, key)}.")
+    for key in ("lr_start", "lr_end", "lr_tau", "lr_eps", "weight_decay"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"noise_schedule setting {key!r} must be >= 0, got {getattr(cfg, key)}.")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}.")
+    choices = {"z_init": ("previous", "copy_y"), "z_fid_grad": ("zo", "none"), "lr_schedule": ("constant", "cosine"),
+               "zo_q_estimator": ("coordinate", "gaussian"),
+               "device": ("cpu", "cuda", "auto")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"noise_schedule setting {key!r} must be one of {list(allowed)}, got {getattr(cfg, key)!r}.")
+    steps = cfg.zo_steps if cfg.eval_steps is None else cfg.eval_steps
+    if max(steps, cfg.zo_steps) > cfg.T:
+        raise ConfigError(f"DDIM steps ({cfg.zo_steps}/{steps}) cannot exceed T={cfg.T}; lower zo_steps/eval_steps.")
 
 
 class UpperMetrics:
@@ -74,11 +104,11 @@ class UpperMetrics:
 
 
 def coordinate_zo(f: Callable[[torch.Tensor], float], x: torch.Tensor, mu: float,
-                  lower: Sequence[float], upper: Sequence[float]) -> ZOResult:
+                  lower: Sequence[float], upper: Sequence[float], skip: Sequence[bool] | None = None) -> ZOResult:
     """Two-point differences (14) along the coordinate directions v_j = e_j, kept inside the box [lower, upper].
 
     Central ``(f(x + mu e_j) - f(x - mu e_j)) / (2 mu)`` where both probes are feasible; one-sided
-    (forward/backward, sharing one f(x)) at an active bound; 0 if neither probe fits. With common
+    (forward/backward, sharing one f(x)) at an active bound; 0 if neither probe fits or ``skip[j]``. With common
     random numbers inside ``f`` this is the gradient up to O(mu^2) (O(mu) one-sided), with no
     cross-talk between coordinates of very different sensitivity, which a single Gaussian
     direction has (in 4-d, the tau component of a one-direction estimate is dominated by the
@@ -93,6 +123,8 @@ def coordinate_zo(f: Callable[[torch.Tensor], float], x: torch.Tensor, mu: float
         e.view(-1)[j] = mu
         xj = float(x.view(-1)[j])
         up, down = xj + mu <= upper[j], xj - mu >= lower[j]
+        if skip is not None and skip[j]:
+            continue
         if up and down:
             fp, fm = float(f(x + e)), float(f(x - e))
             grad.view(-1)[j] = (fp - fm) / (2 * mu)
