@@ -102,6 +102,24 @@ def faulty(base: type[Task]) -> type[Task]:
 FaultyToy = faulty(ToyTask)
 
 
+def state_settled(storage: Path, terminated: int) -> bool:
+    """Tune's experiment state on disk parses and records at least ``terminated`` finished trials.
+
+    A SIGKILL that lands while Tune rewrites that file (it is not written atomically) leaves a
+    truncated file that no restore can read — a Tune limitation, documented in
+    examples/cluster/README.md — so the tests kill only once the state on disk is complete.
+    """
+    files = sorted(storage.glob("*/experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return False
+    try:
+        text = files[-1].read_text()
+        json.loads(text)
+    except (OSError, ValueError):
+        return False
+    return text.count("TERMINATED") >= terminated
+
+
 def read_log(path: Path) -> list[tuple[str, int, int]]:
     if not path.exists():
         return []
@@ -254,7 +272,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
             done = {tag for tag, i, _ in rows if i == 19}
             if done:
                 finished_tag = next(iter(done))
-                if any(tag != finished_tag and i >= 7 for tag, i, _ in rows):
+                if any(tag != finished_tag and i >= 7 for tag, i, _ in rows) and state_settled(storage, 1):
                     break
             time.sleep(0.05)
         assert driver.poll() is None, "the driver ended before it could be killed:\n" + driver.stdout.read()
@@ -372,7 +390,8 @@ def test_searcher_state_survives_a_killed_driver(ray_local, tmp_path):
             rows = read_log(log)
             order = first_seen(rows)
             # two or more trials finished (the GP has been told), the running one past a checkpoint
-            if len(order) >= 3 and any(tag == order[-1] and 70 <= i < 190 for tag, i, _ in rows):
+            if (len(order) >= 3 and any(tag == order[-1] and 70 <= i < 190 for tag, i, _ in rows)
+                    and state_settled(storage, 2)):
                 break
             time.sleep(0.05)
         assert driver.poll() is None, "the driver ended before it could be killed:\n" + driver.stdout.read()
@@ -435,7 +454,9 @@ def test_real_task_trial_crashing_once_matches_uninterrupted(ray_local, tmp_path
     assert [i for _, i, _ in read_log(log)] == list(range(iterations)) + [iterations - 1]
     for key in hyper + [base.metric, "lower_loss"]:
         if key in reference:
-            assert final[key] == reference[key], (key, final[key], reference[key])
+            # float32 CPU kernels may take another reduction order in another worker process
+            # (thread count), so the real tasks agree to ~1e-6 relative, not bit for bit
+            assert final[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-7), (key, final[key], reference[key])
 
 
 # -- compare.py --resume ---------------------------------------------------------------------------
