@@ -50,6 +50,9 @@ def _metric_vs_time(task: str, runs: Sequence[Any], path: str) -> str | None:
         plt.close(fig)
         return None
     metric = runs[0].spec.metric
+    values = [v for r in runs for _, v in r.curve if v > 0]
+    if values and max(values) / min(values) > 5:  # early bilevel evaluations dwarf the rest
+        ax.set_yscale("log")
     ax.set_xlabel("wall time since the method started (s)")
     ax.set_ylabel(metric)
     ax.set_title(f"{task}: {metric} vs wall time (in-loop evaluation)")
