@@ -23,6 +23,19 @@ def _plt():
     return plt
 
 
+def _finish(fig: Any, ax: Any, path: str, xlabel: str, ylabel: str, title: str) -> str:
+    """Label, grid, legend, save and close a single-axes figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return path
+
+
 def _by_task(runs: Sequence[Any]) -> dict[str, list[Any]]:
     tasks: dict[str, list[Any]] = {}
     for r in runs:
@@ -53,15 +66,8 @@ def _metric_vs_time(task: str, runs: Sequence[Any], path: str) -> str | None:
     values = [v for r in runs for _, v in r.curve if v > 0]
     if values and max(values) / min(values) > 5:  # early bilevel evaluations dwarf the rest
         ax.set_yscale("log")
-    ax.set_xlabel("wall time since the method started (s)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{task}: {metric} vs wall time (in-loop evaluation)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "wall time since the method started (s)", metric,
+                   f"{task}: {metric} vs wall time (in-loop evaluation)")
 
 
 def _trajectory(task: str, run: Any, names: Sequence[str], path: str) -> str | None:
@@ -112,15 +118,7 @@ def _alphas_cumprod(task: str, runs: Sequence[Any], path: str) -> str | None:
         style = {"lw": 2.5} if method in ("default", "bilevel") else {"lw": 1, "alpha": 0.7}
         label = {"default": "default (DDIM cosine)", "bilevel": "learned (bilevel)"}.get(method, f"{method} (best)")
         ax.plot(np.arange(len(abar)), abar, color=_COLORS.get(method), label=label, **style)
-    ax.set_xlabel("t")
-    ax.set_ylabel(r"$\bar\alpha_t$")
-    ax.set_title(f"{task}: learned vs default schedule")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "t", r"$\bar\alpha_t$", f"{task}: learned vs default schedule")
 
 
 def _samples(task: str, runs: Sequence[Any], path: str) -> str | None:
