@@ -144,22 +144,12 @@ class _TaskTrainable(tune.Trainable):
 
     # -- actor reuse and PBT ---------------------------------------------------------------
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        """Reuse this actor for ``new_config``.
+        """Reuse this actor for ``new_config``: always a fresh task.
 
-        If only hyperparameters of the task changed (PBT's explore), they are set in place and
-        the lower-level state is kept; otherwise the task is rebuilt for a new trial.
+        A reused actor starts a *new* trial, so nothing of the previous trial's lower-level state
+        may leak into it. PBT restores the donor's checkpoint right after the reset, and
+        :meth:`FixedHyperTrainable.load_checkpoint` then applies the config's hyperparameters.
         """
-        old = {k: v for k, v in self.task_config.items()}
-        new = {k: v for k, v in new_config.items() if k not in TRAINABLE_KEYS}
-        hyper_keys = set(self.task.hyperparameters())
-        changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
-        if changed and changed <= hyper_keys:
-            try:
-                self.task.set_hyperparameters({k: new[k] for k in changed if k in new})
-                self.task_config = new
-                return True
-            except NotImplementedError:
-                pass
         self._build(new_config)
         return True
 
