@@ -267,8 +267,6 @@ def test_catalogue_and_triggers_agree():
 
 #: Rows whose module does not give the catalogued message yet (the fix is proposed to its owner).
 PENDING = {
-    "B57": "noise_schedule does not check the score-matching loss; a diverged U-Net surfaces later as "
-           "'feature_stats: features contain NaN' (proposed: FloatingPointError naming lr in _y_step)",
 }
 
 

@@ -229,6 +229,11 @@ class NoiseScheduleTask(Task):
         for group in self.opt_y.param_groups:
             group["lr"] = self._lr_y()
         loss = score_matching_loss(self.y, x0, alphas, t=t, noise=noise)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"score-matching loss is {float(loss)} at lower step {self.lower_steps}; "
+                f"lower lr (now {self._lr_y():g}) — the U-Net diverged."
+            )
         self.opt_y.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_y.step()
