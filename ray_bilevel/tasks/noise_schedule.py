@@ -6,7 +6,9 @@ y = score matching (24) of a U-Net under q; upper objective = FID of DDIM sample
 
 1. K_y AdamW steps of y on SM(y; q) (K_y^warm during the first ``warmup_outer`` steps, which make
    no hyperparameter update: the E0 warm-up epochs; ``cooldown_outer`` steps before the last ``polish_outer``
-   ones make none either, so that y adapts to q [derived; both 0 = Algorithm 6 as printed]).
+   ones make none either, so that y adapts to q [derived; both 0 = Algorithm 6 as printed]). Each y step
+   draws a fresh minibatch (the released code repeats one minibatch K_y times: the same compute, less data
+   diversity), so a bilevel run and a fixed-schedule run of ``lower_budget`` steps see the same data stream.
 2. Penalty problem (decision (b)): z is a second U-Net with its own AdamW on its live parameters,
    initialised in place from y (once for ``z_init="previous"``, before every step for ``"copy_y"``);
    K_z steps on ``(1/gamma) ZO-grad_z FID + grad_z SM(z; q)``.
