@@ -25,7 +25,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -76,6 +76,16 @@ class _TaskTrainable(tune.Trainable):
 
     def _work(self) -> dict[str, float]:
         raise NotImplementedError
+
+    def _run_units(self, unit: Callable[[], dict[str, float]], count: int) -> dict[str, float]:
+        """Run up to ``count`` units of work without passing the budget; the last unit's metrics."""
+        metrics: dict[str, float] = {}
+        for _ in range(count):
+            if self.work_done >= self._budget():
+                break
+            metrics = unit()
+            self.work_done += 1
+        return metrics
 
     def step(self) -> dict[str, Any]:
         metrics = self._work()
@@ -172,13 +182,7 @@ class BilevelTrainable(_TaskTrainable):
         return self.task.outer_budget
 
     def _work(self) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        for _ in range(self.iterations_per_step):
-            if self.work_done >= self._budget():
-                break
-            metrics = self.task.hyper_step()
-            self.work_done += 1
-        return metrics
+        return self._run_units(self.task.hyper_step, self.iterations_per_step)
 
 
 class FixedHyperTrainable(_TaskTrainable):
@@ -203,13 +207,7 @@ class FixedHyperTrainable(_TaskTrainable):
         return self.task.lower_budget
 
     def _work(self) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        for _ in range(self.lower_steps_per_iteration):
-            if self.work_done >= self._budget():
-                break
-            metrics = self.task.lower_step()
-            self.work_done += 1
-        return metrics
+        return self._run_units(self.task.lower_step, self.lower_steps_per_iteration)
 
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
         """Restore the lower-level state; the hyperparameters stay those of this trial's config.
