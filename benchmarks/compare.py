@@ -10,7 +10,6 @@ Writes results.json, results.csv, trials.csv, curves.json, table.md, run_info.js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -18,29 +17,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline-first: nothing downloads
 # trials checkpoint every iteration; Tune's "snapshotting triggered multiple times" warning is noise here
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-from ray_bilevel.benchmark import ALL_METHODS, TASKS, BenchmarkConfig, run_benchmark  # noqa: E402
+from ray_bilevel.benchmark import GENERIC_METHODS, TASKS, BenchmarkConfig, run_benchmark  # noqa: E402
+from ray_bilevel.cli import parse_key_values  # noqa: E402
 from ray_bilevel.config import ConfigError  # noqa: E402
 from ray_bilevel.tune.cluster import parse_resources  # noqa: E402
-
-
-def _settings(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set takes key=value, got {pair!r}.")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="all", help="noise_schedule, reward_lambda, all (both; default), or any registered task")
     p.add_argument("--preset", default="quick", choices=("smoke", "quick", "paper"), help="task preset (default quick)")
-    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(ALL_METHODS)} (default: every method of the task; quick: the paper's baselines + default + bilevel)")
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(GENERIC_METHODS)} or a task's own baseline (e.g. weighted_sum for reward_lambda); default: the task's baselines (quick: the paper's baselines + default + bilevel)")
     p.add_argument("--trials", type=int, default=None, help="trials per searcher method (default: the preset's budget)")
     p.add_argument("--seed", type=int, default=0, help="seed of every task and searcher (default 0)")
     p.add_argument("--address", default=None, help="Ray cluster to join ('auto', host:port, ray://...); default: a private local instance")
@@ -58,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     return BenchmarkConfig(
         tasks=tasks, preset=a.preset, methods=methods, trials=a.trials, seed=a.seed, address=a.address,
         num_cpus=a.num_cpus, resources=parse_resources(a.resources_per_trial), storage_path=a.storage_path,
-        out=a.out, resume=a.resume, overrides=_settings(a.set), verbose=a.verbose, plots=not a.no_plots,
+        out=a.out, resume=a.resume, overrides=parse_key_values(a.set), verbose=a.verbose, plots=not a.no_plots,
     )
 
 

@@ -115,17 +115,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="folder for each run's schedule JSON, sample grid and task state (task_state.pt)")
     p.add_argument("--out", type=Path, default=Path("results/noise_schedule_bench.json"))
     args = p.parse_args(argv)
+    from ray_bilevel.cli import parse_key_values
+    from ray_bilevel.config import ConfigError
+
+    try:
+        overrides = parse_key_values(args.set)
+    except ConfigError as exc:
+        p.error(str(exc))
 
     import torch
 
     torch.set_num_threads(args.threads)
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
     base = {"preset": args.preset, "seed": args.seed, **overrides}
     result: dict[str, Any] = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "machine": machine(),
                               "preset": args.preset, "seed": args.seed, "overrides": overrides, "runs": {}}

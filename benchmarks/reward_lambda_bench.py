@@ -21,8 +21,8 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # the released λ grid (ALGORITHMS.md §4.9)
-W_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # weighted-sum weights [derived], same size as the λ grid
+GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # the released λ grid (docs/algorithms.md §5)
+W_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # weighted-sum weights (ours; docs/algorithms.md §5), same size as the λ grid
 KEYS = ("lam", "w", "alignment", "reward", "fid", "fid_domain", "fid_domain_real", "alignment_pretrained",
         "reward_pretrained")
 
@@ -136,17 +136,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("results/reward_lambda_bench.json"))
     args = p.parse_args(argv)
+    from ray_bilevel.cli import parse_key_values
+    from ray_bilevel.config import ConfigError
+
+    try:
+        overrides = parse_key_values(args.set)
+    except ConfigError as exc:
+        p.error(str(exc))
 
     import torch
 
     torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
     t0 = time.perf_counter()
     result = run(args.preset, args.seed, overrides, args.lam0, tuple(args.grid), tuple(args.w_grid))
     result["total_wall_s"] = time.perf_counter() - t0

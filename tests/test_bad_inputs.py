@@ -146,9 +146,9 @@ def fid_stats(d: int, fill: float | None = None) -> Any:
 
 def make_searcher(**kw: Any) -> Any:
     from ray_bilevel.tune.searchers import make_searcher as make
-    from ray_bilevel.tune.spaces import noise_schedule_space
+    from ray_bilevel.tasks import get_task
 
-    return make(space=noise_schedule_space(), **kw)
+    return make(space=get_task("noise_schedule").search_space(), **kw)
 
 
 # -- the triggers, by catalogue id -----------------------------------------------------------------

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from ray_bilevel.benchmark import BenchmarkConfig, run_benchmark
-from ray_bilevel.benchmark.methods import build_experiment, iterations_per_step, methods_for, profile_for
+from ray_bilevel.benchmark.methods import build_experiment, iterations_per_step, methods_for
 from ray_bilevel.benchmark.report import COLUMNS, format_number, markdown_table
 from ray_bilevel.config import ConfigError
-from ray_bilevel.tune.spaces import noise_schedule_space
+from ray_bilevel.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("compare_cli", ROOT / "benchmarks" / "compare.py")
@@ -47,11 +47,11 @@ def test_cli_rejects_unknown_method_and_task_before_starting_ray(capsys):
 
 
 def test_every_searcher_gets_the_same_trial_budget():
-    space = noise_schedule_space()
+    space = get_task("noise_schedule").search_space()
     base = {"task": "noise_schedule", "preset": "quick", "seed": 0}
     budgets = {}
     for method in ("random", "bayes", "tpe", "greedy", "pbt"):
-        spec = build_experiment("noise_schedule", method, base, "fid_domain", "min", 4, profile_for("noise_schedule", "quick"),
+        spec = build_experiment("noise_schedule", method, base, "fid_domain", "min", 4, get_task("noise_schedule").budget("quick"),
                                 0, 2, space)
         budgets[method] = (spec.trials, spec.num_samples)
         assert spec.param_space["task"] == "noise_schedule" and spec.metric == "fid_domain"
@@ -60,7 +60,7 @@ def test_every_searcher_gets_the_same_trial_budget():
     assert methods_for("reward_lambda")[-1] == "weighted_sum"
     assert iterations_per_step(40, 4) == 10 and iterations_per_step(3, 4) == 1
     with pytest.raises(ConfigError, match="weighted_sum"):
-        build_experiment("toy", "weighted_sum", base, "x", "min", 2, profile_for("toy", "smoke"), 0, 2)
+        build_experiment("toy", "weighted_sum", base, "x", "min", 2, get_task("toy").budget("smoke"), 0, 2)
 
 
 def test_table_reports_bilevel_against_default():
@@ -138,7 +138,7 @@ def test_pbt_explore_stays_in_the_box_and_remote_options_match_trial_resources()
     from ray_bilevel.benchmark.methods import _clip_explore
     from ray_bilevel.benchmark.runner import _remote_options
 
-    explore = _clip_explore(noise_schedule_space())
+    explore = _clip_explore(get_task("noise_schedule").search_space())
     assert explore({"end": 1.2, "tau": 0.8, "start": 0.1, "eps": 0.05, "seed": 3}) == {
         "end": 1.0, "tau": 1.0, "start": 0.1, "eps": 0.04, "seed": 3}
     assert _remote_options({"cpu": 2.0, "gpu": 0.5, "rb_worker": 1.0}) == {

@@ -10,7 +10,9 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from ray_bilevel.config import ConfigError
-from ray_bilevel.tune import spaces
+from ray_bilevel import space as spaces
+from ray_bilevel.tasks.noise_schedule import search_space as noise_schedule_space
+from ray_bilevel.tasks.reward_lambda.settings import lambda_space
 from ray_bilevel.tune.searchers import GreedyGridSearcher, SkoptSearcher, initial_points, make_searcher
 
 skopt = pytest.importorskip("skopt")
@@ -192,22 +194,22 @@ def test_greedy_max_trials_and_errors():
 
 
 def test_paper_spaces():
-    ns = spaces.noise_schedule_space()
+    ns = noise_schedule_space()
     assert ns.names == ["tau", "start", "end", "eps"] and ns.n_calls == 15 and ns.random_state == 42
     assert [(p.low, p.high) for p in ns.params] == [(1.0, 4.0), (0.0, 0.4), (0.8, 1.0), (0.005, 0.04)]
     assert ns.defaults() == {"tau": 1.0, "start": 0.0, "end": 1.0, "eps": 0.008}
-    assert spaces.noise_schedule_space(tau_range="wide")["tau"].low == 0.5
-    lam = spaces.reward_lambda_space()
+    assert noise_schedule_space(tau_range="wide")["tau"].low == 0.5
+    lam = lambda_space()
     assert lam.n_calls == 20 and lam.acq_func == "EI" and lam["lam"].log
     assert spaces.grid_values(lam["lam"]) == [0.01, 0.1, 1.0, 10.0, 100.0]
     assert spaces.grid_values(lam["lam"], 5) == [0.01, 0.1, 1.0, 10.0, 100.0]  # log-even = the released grid
     with pytest.raises(ConfigError, match="sigmoid"):
-        spaces.noise_schedule_space(family="sigmoid")
+        noise_schedule_space(family="sigmoid")
 
 
 @pytest.mark.parametrize("budget", [1, 2, 4, 6, 9, 15, 40])
 def test_greedy_grids_fit_the_budget(budget):
-    ns = spaces.noise_schedule_space()
+    ns = noise_schedule_space()
     grids = spaces.greedy_grids(ns, budget)
     g = GreedyGridSearcher(grids, ns.defaults(), order=ns.names)
     assert g.total_trials == min(budget, 15)
@@ -215,7 +217,7 @@ def test_greedy_grids_fit_the_budget(budget):
 
 
 def test_make_searcher_plans():
-    ns, lam = spaces.noise_schedule_space(), spaces.reward_lambda_space()
+    ns, lam = noise_schedule_space(), lambda_space()
     grid = make_searcher("grid", lam, "alignment", "max")
     assert grid.search_alg is None and grid.param_space["lam"] == {"grid_search": [0.01, 0.1, 1.0, 10.0, 100.0]}
     assert grid.trials == 5 and grid.num_samples == 1

@@ -1,23 +1,24 @@
 """Which methods run on which task, with which budget, and how each becomes one Tune experiment.
 
-DESIGN.md "The benchmark": same task, data, model size, seeds and evaluator for every method;
-each searcher gets the same number of trials; wall time is the whole method. The paper's
-baselines: ALGORITHMS.md §5.6 (noise schedule: default, greedy grid, random, Bayesian, plus TPE
-and PBT here) and §4.9 (lambda: grid, random, Bayesian, weighted sum, plus TPE and the default).
+Same task, data, model size, seeds and evaluator for every method; each searcher gets the same number of
+trials; wall time is the whole method. What is compared, and with which budget, the task declares itself
+(``Task.baselines``, ``Task.task_methods()``, ``Task.budget(preset)``, ``Task.search_space()``); nothing
+here is keyed by task name.
 
 =============  ==========================================================================
 method         Tune experiment
 =============  ==========================================================================
 default        one FixedHyperTrainable trial at the task's default hyperparameters
-bilevel        one BilevelTrainable trial (Algorithm 1 / 6 / 2)
+bilevel        one BilevelTrainable trial (the task's ``hyper_step``: Algorithm 1 / 6 / 2)
 grid           FixedHyperTrainable + ``tune.grid_search`` (1-D: ``trials`` points)
-random         FixedHyperTrainable + Tune's random search over the paper's ranges
+random         FixedHyperTrainable + Tune's random search over the task's ranges
 bayes          FixedHyperTrainable + :class:`~ray_bilevel.tune.SkoptSearcher` (gp_minimize)
 tpe            FixedHyperTrainable + Ray's HyperOptSearch
 greedy         FixedHyperTrainable + :class:`~ray_bilevel.tune.GreedyGridSearcher`
-pbt            FixedHyperTrainable population + Tune's PopulationBasedTraining (schedule
-               parameters mutated during training through checkpoints)
-weighted_sum   the ``weighted_sum`` task (guidance by r2 + w * alignment) + a grid over w
+pbt            FixedHyperTrainable population + Tune's PopulationBasedTraining (hyperparameters
+               mutated during training through checkpoints)
+(task's own)   a :class:`~ray_bilevel.space.TaskMethod`: FixedHyperTrainable trials of another task
+               over its own space with a generic searcher (e.g. the λ task's ``weighted_sum``)
 =============  ==========================================================================
 """
 from __future__ import annotations
@@ -28,94 +29,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from ray_bilevel.config import ConfigError
+from ray_bilevel.space import Budget, SearchSpace
+from ray_bilevel.tasks import Task, get_task
+from ray_bilevel.tasks.base import GENERIC_METHODS
 from ray_bilevel.tune.searchers import METHODS as SEARCH_METHODS
 from ray_bilevel.tune.searchers import make_searcher
-from ray_bilevel.tune.spaces import SearchSpace, space_for
+from ray_bilevel.tune.spaces import tune_domains
 
-__all__ = ["ALL_METHODS", "methods_for", "Profile", "profile_for", "ExperimentSpec", "build_experiment", "iterations_per_step"]
-
-ALL_METHODS = ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt", "weighted_sum")
-
-#: The paper's comparison per task (other tasks: every generic method their search space allows).
-_TASK_METHODS = {
-    "noise_schedule": ("default", "bilevel", "greedy", "random", "bayes", "tpe", "pbt"),
-    "reward_lambda": ("default", "bilevel", "grid", "random", "bayes", "tpe", "weighted_sum"),
-}
-_GENERIC = ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt")
+__all__ = ["GENERIC_METHODS", "methods_for", "ExperimentSpec", "build_experiment", "iterations_per_step"]
 
 
-def methods_for(task: str) -> tuple[str, ...]:
-    """The methods compared on ``task`` by default."""
-    if task in _TASK_METHODS:
-        return _TASK_METHODS[task]
-    try:
-        space_for(task)
-    except ConfigError:
-        return ("default", "bilevel")
-    return _GENERIC
-
-
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    """Benchmark budget of one (task, preset).
-
-    Attributes:
-        trials: trials per searcher method (equal budgets); ``None`` = the paper's Bayesian n_calls.
-        iterations: Tune iterations per trial; every iteration ends with an in-loop evaluation
-            (points of the FID-vs-time curves, PBT's decision points).
-        overrides: task settings applied to every trial of every method (same model, data, evaluator).
-        pbt_interval: PBT perturbation interval in Tune iterations.
-        methods: the methods run when ``--methods`` is not given (``None``: every method of the task).
-        max_concurrent: trials of one method in flight at once (``None``: as many as the cluster fits).
-            Smoke trials last about a second, so starting a second actor (imports, task build) costs
-            more than it saves: one actor runs them in turn.
-    """
-
-    trials: int | None
-    iterations: int = 4
-    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    pbt_interval: int = 1
-    methods: tuple[str, ...] | None = None
-    max_concurrent: int | None = None
-
-
-_PROFILES: dict[str, Profile] = {
-    "smoke": Profile(trials=2, iterations=2, max_concurrent=1),
-    "quick": Profile(trials=4, iterations=4),
-    "paper": Profile(trials=None, iterations=10, pbt_interval=2),
-}
-#: Per-task adjustments of a preset's profile, fitted to compare.py's budgets: ``--preset smoke`` runs
-#: every method in about 2 minutes; the default (both tasks, quick) must finish in 20 minutes on a
-#: 2-core CPU. There one noise-schedule trial (the task's quick preset: ~1,200 U-Net steps) costs
-#: about 2 CPU-minutes and the bilevel run about 4, so the quick default runs the paper's own
-#: comparison (its baselines, ALGORITHMS.md §4.9 / §5.6, plus the default) with two trials per
-#: searcher; TPE and PBT run with ``--methods``.
-_TASK_PROFILES: dict[tuple[str, str], Profile] = {
-    ("noise_schedule", "quick"): Profile(
-        trials=2, iterations=3, overrides={"eval_samples": 500, "final_samples": 200},
-        methods=("default", "bilevel", "greedy", "random", "bayes"),
-    ),
-    # a fixed-lambda trial is a few guided rounds (~20 s): four trials per searcher, two rounds on two cores
-    ("reward_lambda", "quick"): Profile(
-        trials=4, iterations=3, methods=("default", "bilevel", "grid", "random", "bayes", "weighted_sum"),
-    ),
-}
-
-
-def profile_for(task: str, preset: str) -> Profile:
-    """The benchmark budget of ``task`` at ``preset``."""
-    if (task, preset) in _TASK_PROFILES:
-        return _TASK_PROFILES[(task, preset)]
-    if preset not in _PROFILES:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(_PROFILES)}.")
-    return _PROFILES[preset]
+def methods_for(task: Any) -> tuple[str, ...]:
+    """The methods compared on ``task`` by default: its declared ``baselines`` that it can run."""
+    cls = get_task(task)
+    offered = cls.methods()
+    return tuple(m for m in cls.baselines if m in offered)
 
 
 @dataclasses.dataclass
 class ExperimentSpec:
     """Everything one ``tune.Tuner`` of one method needs (the runner adds resources and storage)."""
 
-    task: str  # the task the trials run (``weighted_sum`` for that method)
+    task: str  # the task the method is compared on (rows are reported under it)
     method: str
     bilevel: bool
     param_space: dict[str, Any]
@@ -127,6 +62,7 @@ class ExperimentSpec:
     trials: int = 1
     searcher: Any = None
     hyper_names: tuple[str, ...] = ()  # searched names beyond the task's own hyperparameters
+    trial_task: str = ""  # the task the trials run, when it differs (a TaskMethod's task)
 
 
 def _clip_explore(space: SearchSpace):
@@ -143,58 +79,60 @@ def _clip_explore(space: SearchSpace):
 
 
 def build_experiment(
-    task: str,
+    task: Any,
     method: str,
     base: Mapping[str, Any],
     metric: str,
     mode: str,
     trials: int,
-    profile: Profile,
+    budget: Budget,
     seed: int,
     max_concurrent: int,
     space: SearchSpace | None = None,
 ) -> ExperimentSpec:
     """The :class:`ExperimentSpec` of ``method`` on ``task``; ``base`` holds the constants of every trial."""
-    if method not in ALL_METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose from {list(ALL_METHODS)}.")
+    cls: type[Task] = get_task(task)
+    name = cls.name or cls.__name__
+    if method not in cls.methods():
+        raise ConfigError(f"unknown method {method!r} for task {name!r}; choose from {list(cls.methods())}.")
     base = dict(base)
-    if method == "default":
-        return ExperimentSpec(task, method, False, base, metric, mode)
-    if method == "bilevel":
-        return ExperimentSpec(task, method, True, base, metric, mode)
-    if method == "weighted_sum":
-        if task != "reward_lambda":
-            raise ConfigError(f"method 'weighted_sum' is a baseline of task 'reward_lambda', not {task!r}.")
-        from ray_bilevel.tasks import get_task
+    if method in ("default", "bilevel"):
+        return ExperimentSpec(name, method, method == "bilevel", base, metric, mode)
+    own = cls.task_methods()
+    if method in own:
+        tm = own[method]
+        other = get_task(tm.task)
+        plan = make_searcher(tm.searcher, tm.space, other.metric, other.mode, seed, trials, max_concurrent=max_concurrent)
+        from ray_bilevel.tasks import task_ref
 
-        ws = get_task("weighted_sum")
-        ws_space = space_for("weighted_sum", name=getattr(ws, "weight_name", "w"))
-        plan = make_searcher("grid", ws_space, ws.metric, ws.mode, seed, trials)
-        return ExperimentSpec("weighted_sum", method, False, {**base, "task": "weighted_sum", **plan.param_space},
-                              ws.metric, ws.mode, num_samples=plan.num_samples, trials=plan.trials,
-                              hyper_names=tuple(ws_space.names))
+        trial_task = other.name or other.__name__
+        return ExperimentSpec(name, method, False, {**base, "task": task_ref(tm.task), **plan.param_space}, other.metric,
+                              other.mode, search_alg=plan.search_alg, num_samples=plan.num_samples, trials=plan.trials,
+                              searcher=plan.searcher, hyper_names=tuple(tm.space.names), trial_task=trial_task)
     if space is None:
-        space = space_for(task)
+        space = cls.search_space()
+    if space is None:  # pragma: no cover - methods() offers searchers only with a space
+        raise ConfigError(f"task {name!r} declares no search space for method {method!r}.")
     if method == "pbt":
         from ray.tune.schedulers import PopulationBasedTraining
         from ray.tune.search import BasicVariantGenerator
 
         scheduler = PopulationBasedTraining(
             time_attr="training_iteration",
-            perturbation_interval=profile.pbt_interval,
-            hyperparam_mutations=space.tune_domains(),
+            perturbation_interval=budget.pbt_interval,
+            hyperparam_mutations=tune_domains(space),
             quantile_fraction=0.5 if trials < 8 else 0.25,
             resample_probability=0.25,
             custom_explore_fn=_clip_explore(space),
             log_config=False,
         )
-        return ExperimentSpec(task, method, False, {**base, **space.tune_domains()}, metric, mode,
+        return ExperimentSpec(name, method, False, {**base, **tune_domains(space)}, metric, mode,
                               search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent),
                               scheduler=scheduler, num_samples=trials, trials=trials)
-    if method not in SEARCH_METHODS:  # pragma: no cover - ALL_METHODS covers it
+    if method not in SEARCH_METHODS:  # pragma: no cover - GENERIC_METHODS covers it
         raise ConfigError(f"no searcher for method {method!r}.")
     plan = make_searcher(method, space, metric, mode, seed, trials, max_concurrent=max_concurrent)
-    return ExperimentSpec(task, method, False, {**base, **plan.param_space}, metric, mode, search_alg=plan.search_alg,
+    return ExperimentSpec(name, method, False, {**base, **plan.param_space}, metric, mode, search_alg=plan.search_alg,
                           num_samples=plan.num_samples, trials=plan.trials, searcher=plan.searcher)
 
 

@@ -11,7 +11,15 @@ from typing import Any
 __all__ = ["make_plots"]
 
 _COLORS = {"default": "black", "bilevel": "tab:red", "greedy": "tab:blue", "grid": "tab:blue", "random": "tab:green",
-           "bayes": "tab:purple", "tpe": "tab:orange", "pbt": "tab:brown", "weighted_sum": "tab:cyan"}
+           "bayes": "tab:purple", "tpe": "tab:orange", "pbt": "tab:brown"}
+_EXTRA_COLORS = ("tab:cyan", "tab:olive", "tab:pink", "tab:gray")
+
+
+def _color(method: str) -> str:
+    """A fixed colour per generic method; a task's own methods take the spare colours in a stable order."""
+    if method in _COLORS:
+        return _COLORS[method]
+    return _EXTRA_COLORS[sum(map(ord, method)) % len(_EXTRA_COLORS)]
 
 
 def _plt():
@@ -51,7 +59,7 @@ def _metric_vs_time(task: str, runs: Sequence[Any], path: str) -> str | None:
         if not r.curve:
             continue
         t, v = zip(*r.curve)
-        color = _COLORS.get(r.row["method"])
+        color = _color(r.row["method"])
         if r.spec.bilevel:
             ax.plot(t, v, "-o", color=color, ms=3, label="bilevel (current)")
         elif len(t) == 1:
@@ -74,7 +82,7 @@ def _trajectory(task: str, run: Any, names: Sequence[str], path: str) -> str | N
     """Hyperparameters of the bilevel trial per outer step (the exported per-step trajectory if the task
     writes one, else the Tune reports)."""
     points = []
-    exported = os.path.join(run.artifacts or "", "noise_schedule.json")
+    exported = os.path.join(run.artifacts or "", f"{task}.json")  # a task's export named after it, if any
     if run.artifacts and os.path.exists(exported):
         with open(exported) as fh:
             points = [(p.get("outer_step", i), p) for i, p in enumerate(json.load(fh).get("trajectory", []))]
@@ -117,7 +125,7 @@ def _alphas_cumprod(task: str, runs: Sequence[Any], path: str) -> str | None:
     for method, abar in curves.items():
         style = {"lw": 2.5} if method in ("default", "bilevel") else {"lw": 1, "alpha": 0.7}
         label = {"default": "default (DDIM cosine)", "bilevel": "learned (bilevel)"}.get(method, f"{method} (best)")
-        ax.plot(np.arange(len(abar)), abar, color=_COLORS.get(method), label=label, **style)
+        ax.plot(np.arange(len(abar)), abar, color=_color(method), label=label, **style)
     return _finish(fig, ax, path, "t", r"$\bar\alpha_t$", f"{task}: learned vs default schedule")
 
 

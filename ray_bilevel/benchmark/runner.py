@@ -18,19 +18,17 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ray_bilevel.benchmark.methods import (
-    ALL_METHODS, ExperimentSpec, Profile, build_experiment, iterations_per_step, methods_for, profile_for,
-)
+from ray_bilevel.benchmark.methods import ExperimentSpec, build_experiment, iterations_per_step, methods_for
 from ray_bilevel.benchmark.trainables import BenchBilevelTrainable, BenchFixedTrainable, final_evaluation
 from ray_bilevel.config import ConfigError
-from ray_bilevel.tasks import get_task
+from ray_bilevel.space import Budget
+from ray_bilevel.tasks import PAPER_TASKS, get_task, task_ref
 from ray_bilevel.tune.cluster import is_uri
-from ray_bilevel.tune.spaces import space_for
 
 __all__ = ["BenchmarkConfig", "MethodRun", "run_benchmark", "run_method", "ROW_METRICS", "TASKS"]
 
-#: The paper's two applications (``--task all``).
-TASKS = ("noise_schedule", "reward_lambda")
+#: The tasks of ``--task all`` (the registry's paper applications).
+TASKS = PAPER_TASKS
 #: Metric columns of every row (null where a task does not report it).
 ROW_METRICS = ("fid", "fid_domain", "is", "alignment", "reward")
 _STATE_FILE = "ray_bilevel_compare.json"
@@ -40,7 +38,7 @@ _STATE_FILE = "ray_bilevel_compare.json"
 class BenchmarkConfig:
     """Options of ``benchmarks/compare.py`` (see its ``--help``)."""
 
-    tasks: Sequence[str] = TASKS
+    tasks: Sequence[Any] = TASKS  # registered names or Task classes
     preset: str = "quick"
     methods: Sequence[str] | None = None
     trials: int | None = None
@@ -118,23 +116,25 @@ def _prepare_dir(path: str, resume: bool) -> dict[str, Any]:
 
 
 def run_method(
-    task: str,
+    task: Any,
     method: str,
     cfg: BenchmarkConfig,
     base: Mapping[str, Any],
     metric: str,
     mode: str,
     trials: int,
-    profile: Profile,
+    profile: Budget,
     storage: str,
     max_concurrent: int,
     hyper_names: Sequence[str],
 ) -> MethodRun:
-    """Run ``method`` on ``task`` as one Tune experiment and summarise it (without the final evaluation)."""
+    """Run ``method`` on ``task`` (a registered name or a Task class) as one Tune experiment and summarise it
+    (without the final evaluation)."""
     from ray import tune
 
     max_concurrent = min(max_concurrent, profile.max_concurrent or max_concurrent)
     spec = build_experiment(task, method, base, metric, mode, trials, profile, cfg.seed, max_concurrent)
+    task = spec.task  # its name, for folders and logs
     cls = BenchBilevelTrainable if spec.bilevel else BenchFixedTrainable
     trainable = tune.with_resources(cls, dict(_ray_resources(cfg.resources)))
     name = f"{task}-{method}"
@@ -210,7 +210,7 @@ def _summarise(spec: ExperimentSpec, grid: Any, wall: float, start: float, hyper
             best_so_far = v
         curve.append((max(0.0, t), best_so_far))
     errors = sum(1 for t in trials if t["error"])
-    row: dict[str, Any] = {"task": spec.task if spec.method != "weighted_sum" else "reward_lambda", "method": spec.method,
+    row: dict[str, Any] = {"task": spec.task, "method": spec.method,
                            "metric": spec.metric, "metric_value": None, **{m: None for m in ROW_METRICS},
                            "wall_time_s": round(wall, 2), "trials": len(trials), "errors": errors,
                            "trial_time_s": round(sum(t["time_total_s"] or 0.0 for t in trials), 2),
@@ -293,9 +293,6 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     from ray_bilevel.benchmark.report import write_outputs
     from ray_bilevel.tune.cluster import check_resources_fit, init_ray, validate_storage_path
 
-    for m in cfg.methods or ():
-        if m not in ALL_METHODS:
-            raise ConfigError(f"unknown method {m!r}; choose from {list(ALL_METHODS)}.")
     if cfg.trials is not None and cfg.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {cfg.trials}.")
     cfg.out = os.path.abspath(cfg.out)
@@ -307,35 +304,50 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     max_concurrent = _max_concurrent(cfg.resources)
     runs: list[MethodRun] = []
     t_all = time.perf_counter()
-    for task, methods, base, metric, mode, trials, profile, names in plans:
-        _log(f"task {task} (preset {cfg.preset}): methods {list(methods)}, {trials} trial(s) per searcher, "
-             f"metric {metric} ({mode})")
-        for method in methods:
-            runs.append(run_method(task, method, cfg, base, metric, mode, trials, profile, storage, max_concurrent, names))
+    for plan in plans:
+        _log(f"task {get_task(plan.task).name or plan.task} (preset {cfg.preset}): methods {list(plan.methods)}, {plan.trials} trial(s) per searcher, "
+             f"metric {plan.metric} ({plan.mode})")
+        for method in plan.methods:
+            runs.append(run_method(plan.task, method, cfg, plan.base, plan.metric, plan.mode, plan.trials, plan.budget,
+                                   storage, max_concurrent, plan.names))
     _final_evaluations(runs, cfg)
     _log(f"all methods done in {time.perf_counter() - t_all:.1f} s")
     write_outputs(runs, cfg)
     return runs
 
 
-def _task_plan(task: str, cfg: BenchmarkConfig) -> tuple:
+@dataclasses.dataclass
+class TaskPlan:
+    """What the benchmark runs on one task: methods, the constants of every trial, the objective, the budget."""
+
+    task: Any  # the registered name, or the Task class
+    methods: list[str]
+    base: dict[str, Any]
+    metric: str
+    mode: str
+    trials: int
+    budget: Budget
+    names: list[str]  # the task's hyperparameter names
+
+
+def _task_plan(task: Any, cfg: BenchmarkConfig) -> TaskPlan:
     """Methods, trial constants, objective, budget and hyperparameter names of one task (raises early)."""
     cls = get_task(task)
-    profile = profile_for(task, cfg.preset)
-    methods = list(cfg.methods or profile.methods or methods_for(task))
-    try:
-        space = space_for(task)
-    except ConfigError:
-        space = None
-    searchers = [m for m in methods if m not in ("default", "bilevel", "weighted_sum")]
-    if space is None and searchers:
-        raise ConfigError(f"task {task!r} has no search space for {searchers}; run --methods default,bilevel.")
+    name = cls.name or cls.__name__
+    profile = cls.budget(cfg.preset)
+    methods = list(cfg.methods or profile.methods or methods_for(cls))
+    offered = cls.methods()
+    for m in methods:
+        if m not in offered:
+            hint = "; it declares no search space, run --methods default,bilevel" if cls.search_space() is None else ""
+            raise ConfigError(f"unknown method {m!r} for task {name!r}; choose from {list(offered)}{hint}.")
+    space = cls.search_space()
     trials = cfg.trials or profile.trials or (space.n_calls if space else 1)
-    base = {"task": task, "preset": cfg.preset, "seed": cfg.seed, **profile.overrides, **cfg.overrides}
+    base = {"task": task_ref(task), "preset": cfg.preset, "seed": cfg.seed, **profile.overrides, **cfg.overrides}
     probe = cls({k: v for k, v in base.items()})  # validates the settings; gives the budgets
     names = list(probe.hyperparameters())
     # about `profile.iterations` Tune iterations (= in-loop evaluations) per trial, bilevel and fixed alike
     base.update(iterations_per_step=iterations_per_step(probe.outer_budget, profile.iterations),
                 lower_steps_per_iteration=iterations_per_step(probe.lower_budget, profile.iterations), eval_every=1)
     del probe
-    return task, methods, base, cls.metric, cls.mode, trials, profile, names
+    return TaskPlan(task if isinstance(task, str) else cls, methods, base, cls.metric, cls.mode, trials, profile, names)

@@ -1,6 +1,6 @@
 """Hypergradient of the entropy strength λ from pre-trained samples: Prop. 1, estimator (33), exact form.
 
-ALGORITHMS.md §4.2-§4.3 and decision (a) of §1. Problem (9): upper ``f = −E_p[r1]``, lower
+docs/algorithms.md §2.1-§2.2 (the exact estimator is the default; §6). Problem (9): upper ``f = −E_p[r1]``, lower
 ``g = −E_p[r2] + λ KL(p‖p_data)``; the penalty function (3) has the closed form
 
     F_γ(λ) = γ λ (ℓ* − ℓ_γ),   ℓ* = log E_{p_data}[e^{r2/λ}],   ℓ_γ = log E_{p_data}[e^{(r2 + r1/γ)/λ}],
@@ -53,7 +53,7 @@ def _log_ratio(a_c: torch.Tensor, log_w_star: torch.Tensor, lam: float, gamma: f
 
 
 def penalty_value(r1: Any, r2: Any, lam: float, gamma: float) -> float:
-    """Empirical ``F_γ(λ) = γλ(ℓ* − ℓ_γ)`` (§4.3), → ``−E_{p*}[r1]`` as γ → ∞."""
+    """Empirical ``F_γ(λ) = γλ(ℓ* − ℓ_γ)`` (docs/algorithms.md §2.2), → ``−E_{p*}[r1]`` as γ → ∞."""
     a, b = _prepare(r1, r2, lam, gamma)
     a_mean = a.mean()
     log_w_star = torch.log_softmax(b / lam, dim=0)
@@ -61,7 +61,7 @@ def penalty_value(r1: Any, r2: Any, lam: float, gamma: float) -> float:
 
 
 def lambda_hypergradient(r1: Any, r2: Any, lam: float, gamma: float, method: str = "exact") -> float:
-    """∇F_γ(λ) from rewards of pre-trained samples (Prop. 1; ALGORITHMS.md §4.3, §8.2).
+    """∇F_γ(λ) from rewards of pre-trained samples (Prop. 1; docs/algorithms.md §2.2, §2.4).
 
     Args:
         r1: upper rewards a_i (CLIP / class alignment) of samples u_i ~ p_data, shape (N,).
@@ -98,7 +98,7 @@ def lambda_statistics(r1: Any, r2: Any, lam: float, gamma: float) -> dict[str, f
 
 
 def project_lambda(lam: float, grad: float, lr: float, lam_min: float, log_space: bool = False) -> float:
-    """Projected step ``λ ← max(λ − η ĝ, λ_min)`` (Algorithm 2, §8.2; λ_min > 0 per §1).
+    """Projected step ``λ ← max(λ − η ĝ, λ_min)`` (Algorithm 2; λ_min > 0; docs/algorithms.md §2.4).
 
     ``log_space=True`` steps in log λ instead: ``log λ ← log λ − η λ ĝ`` (the chain rule
     ``∂F/∂log λ = λ ∂F/∂λ``), which keeps λ > 0 and treats 0.01 and 100 on one scale; the result is

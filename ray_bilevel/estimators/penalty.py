@@ -1,4 +1,4 @@
-"""First-order penalty hypergradient, paper eq. (2)-(4) and Algorithm 1 (ALGORITHMS.md §3).
+"""First-order penalty hypergradient, paper eq. (2)-(4) and Algorithm 1 (docs/algorithms.md §1).
 
 The bilevel problem ``min_x f(x, y*(x))``, ``y*(x) = argmin_y g(x, y)`` is replaced by the penalty
 function (3)

@@ -1,4 +1,4 @@
-"""Two-point zeroth-order gradient estimator, paper eq. (14) (ALGORITHMS.md §5.3).
+"""Two-point zeroth-order gradient estimator, paper eq. (14) (docs/algorithms.md §3.3).
 
     ∇̂f(θ) = (1/m) Σ_j [f(θ + μ v_j) − f(θ − μ v_j)] / (2μ) · v_j ,   v_j ~ N(0, I_d)
 
@@ -10,12 +10,12 @@ estimate of exactly zero, and noise that is common to both evaluations cancels.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ZOResult", "zo_gradient"]
+__all__ = ["ZOResult", "zo_gradient", "coordinate_zo"]
 
 
 @dataclass
@@ -67,3 +67,41 @@ def zo_gradient(
         result.f_minus.append(f_minus)
         grad.add_(v, alpha=(f_plus - f_minus) / (2.0 * mu * directions))
     return result
+
+
+def coordinate_zo(f: Callable[[torch.Tensor], float], x: torch.Tensor, mu: float,
+                  lower: Sequence[float], upper: Sequence[float], skip: Sequence[bool] | None = None) -> ZOResult:
+    """Two-point differences (14) along the coordinate directions v_j = e_j, kept inside the box [lower, upper].
+
+    Central ``(f(x + mu e_j) - f(x - mu e_j)) / (2 mu)`` where both probes are feasible; one-sided
+    (forward/backward, sharing one f(x)) at an active bound; 0 if neither probe fits or ``skip[j]``. With common
+    random numbers inside ``f`` this is the gradient up to O(mu^2) (O(mu) one-sided), with no
+    cross-talk between coordinates of very different sensitivity, which a single Gaussian
+    direction has (in 4-d, the tau component of a one-direction estimate is dominated by the
+    end/start components at the DDIM default). Cost: 2 evaluations per free coordinate.
+    """
+    x = x.detach()
+    grad = torch.zeros_like(x)
+    res = ZOResult(grad=grad)
+    f0: float | None = None
+    for j in range(x.numel()):
+        e = torch.zeros_like(x)
+        e.view(-1)[j] = mu
+        xj = float(x.view(-1)[j])
+        up, down = xj + mu <= upper[j], xj - mu >= lower[j]
+        if skip is not None and skip[j]:
+            continue
+        if up and down:
+            fp, fm = float(f(x + e)), float(f(x - e))
+            grad.view(-1)[j] = (fp - fm) / (2 * mu)
+        elif up or down:
+            if f0 is None:
+                f0 = float(f(x))
+            fp, fm = (float(f(x + e)), f0) if up else (f0, float(f(x - e)))
+            grad.view(-1)[j] = (fp - fm) / mu
+        else:
+            continue
+        res.f_plus.append(fp)
+        res.f_minus.append(fm)
+    return res
+

@@ -11,7 +11,10 @@ from typing import Any
 from ray_bilevel.config import ConfigError
 from ray_bilevel.tasks.base import Task
 
-__all__ = ["Task", "register_task", "get_task", "registered_tasks"]
+__all__ = ["Task", "register_task", "get_task", "registered_tasks", "task_ref", "PAPER_TASKS"]
+
+#: The paper's two applications: what ``benchmarks/compare.py`` runs by default (``--task all``).
+PAPER_TASKS = ("noise_schedule", "reward_lambda")
 
 _REGISTRY: dict[str, str | type[Task]] = {
     "toy": "ray_bilevel.tasks.toy:ToyTask",
@@ -21,9 +24,29 @@ _REGISTRY: dict[str, str | type[Task]] = {
 }
 
 
+#: Names registered as ``"module:Class"``: any process (a Ray worker too) resolves them by importing.
+_BY_PATH = {name for name, entry in _REGISTRY.items() if isinstance(entry, str)}
+
+
 def register_task(name: str, task: str | type[Task]) -> None:
-    """Register ``task`` (a class or ``"module:Class"``) under ``name``."""
+    """Register ``task`` (a class or ``"module:Class"``) under ``name``.
+
+    A class registered at run time lives only in this process's registry: configs sent to Ray workers
+    carry the class itself (see :func:`task_ref`); a ``"module:Class"`` path works everywhere.
+    """
     _REGISTRY[name] = task
+    if isinstance(task, str):
+        _BY_PATH.add(name)
+    else:
+        _BY_PATH.discard(name)
+
+
+def task_ref(task: Any) -> Any:
+    """What a trial config should carry to reach ``task`` in another process: the registered name when any
+    process can resolve it (registered by import path), else the Task class itself (Ray pickles it)."""
+    if isinstance(task, str) and task in _BY_PATH:
+        return task
+    return get_task(task)
 
 
 def registered_tasks() -> list[str]:

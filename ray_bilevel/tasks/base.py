@@ -23,6 +23,16 @@ Life cycle (who calls what, and when):
   (weights, optimizer states, RNG states, trajectories). Values must be tensors, numbers,
   strings, lists or dicts of those, so that ``torch.load(weights_only=True)`` reads them.
 * ``export(directory)`` — optional human-facing artifacts next to a checkpoint (JSON, PNG).
+
+What a task declares about its own search, read by ``ray_bilevel.tune`` and ``ray_bilevel.benchmark``
+(which hold no per-task tables):
+
+* ``metric`` / ``mode`` — the upper-level objective and its Tune direction; ``metric_modes`` the direction
+  of every other report key a user may select on.
+* ``search_space()`` — the baselines' :class:`~ray_bilevel.space.SearchSpace` (``None``: no searcher runs).
+* ``baselines`` — the methods the benchmark compares by default; ``task_methods()`` — baselines of the task's
+  own (a :class:`~ray_bilevel.space.TaskMethod`, e.g. the λ task's weighted sum).
+* ``budget(preset)`` — the benchmark's :class:`~ray_bilevel.space.Budget` at a preset.
 """
 from __future__ import annotations
 
@@ -30,7 +40,12 @@ import abc
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-__all__ = ["Task"]
+from ray_bilevel.space import DEFAULT_BUDGETS, Budget, SearchSpace, TaskMethod
+
+__all__ = ["Task", "GENERIC_METHODS"]
+
+#: Methods the benchmark can run on any task with a search space (``default`` and ``bilevel`` on any task).
+GENERIC_METHODS = ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt")
 
 
 class Task(abc.ABC):
@@ -41,6 +56,43 @@ class Task(abc.ABC):
     #: Upper-level metric the bilevel method minimises and its Tune mode.
     metric: ClassVar[str] = "fid_domain"
     mode: ClassVar[str] = "min"
+    #: Direction of the other report keys (``check_objective`` refuses e.g. ``fid`` with ``mode="max"``).
+    metric_modes: ClassVar[Mapping[str, str]] = {}
+    #: Methods the benchmark compares on this task by default (the paper's comparison).
+    baselines: ClassVar[tuple[str, ...]] = GENERIC_METHODS
+
+    # -- what the task declares about its search (docs/algorithms.md §5) -------------------
+    @classmethod
+    def search_space(cls) -> SearchSpace | None:
+        """The baselines' search space over :meth:`hyperparameters` (``None``: only default and bilevel run)."""
+        return None
+
+    @classmethod
+    def task_methods(cls) -> Mapping[str, TaskMethod]:
+        """Baselines of this task's own beyond :data:`GENERIC_METHODS`, by method name."""
+        return {}
+
+    @classmethod
+    def budget(cls, preset: str) -> Budget:
+        """The benchmark budget at ``preset`` (trials per searcher, Tune iterations per trial, overrides)."""
+        from ray_bilevel.config import ConfigError
+
+        if preset not in DEFAULT_BUDGETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(DEFAULT_BUDGETS)}.")
+        return DEFAULT_BUDGETS[preset]
+
+    @classmethod
+    def methods(cls) -> tuple[str, ...]:
+        """Every method the benchmark can run on this task."""
+        generic = GENERIC_METHODS if cls.search_space() is not None else ("default", "bilevel")
+        return tuple(generic) + tuple(m for m in cls.task_methods() if m not in generic)
+
+    @classmethod
+    def metric_mode(cls, metric: str) -> str | None:
+        """The direction of ``metric`` as this task reports it (``None``: unknown)."""
+        if metric == cls.metric:
+            return cls.mode
+        return cls.metric_modes.get(metric)
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)

@@ -23,6 +23,7 @@ import torch
 
 from ray_bilevel.config import ConfigError, resolve
 from ray_bilevel.estimators.penalty import penalty_hypergradient
+from ray_bilevel.space import Param, SearchSpace
 from ray_bilevel.tasks.base import Task
 
 __all__ = ["ToySettings", "ToyTask", "PRESETS"]
@@ -56,6 +57,16 @@ class ToyTask(Task):
     name = "toy"
     metric = "upper_loss"
     mode = "min"
+    metric_modes = {"upper_loss_exact": "min", "dist_to_opt": "min", "lower_loss": "min"}
+
+    @classmethod
+    def search_space(cls) -> SearchSpace:
+        """x = (x0, x1) in [-3, 3]^2 around its start (1, -1) [derived; not in the paper]."""
+        grid = (0.0, -2.0, 2.0, -1.0, 1.0)
+        return SearchSpace(
+            params=(Param("x0", -3.0, 3.0, default=1.0, grid=grid), Param("x1", -3.0, 3.0, default=-1.0, grid=grid)),
+            n_calls=10, acq_func="EI", random_state=42, note="analytic toy",
+        )
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__(config)

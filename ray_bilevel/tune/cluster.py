@@ -9,7 +9,7 @@ before it hands trials to Tune, each checked up front with a one-line error that
   otherwise wait forever for resources that never come).
 * :func:`init_ray` — ``address=None`` / ``"local"`` start a private local instance (a cluster
   started with ``ray start`` on the same machine would otherwise *capture* ``ray.init()``,
-  ENVIRONMENT.md §5 gotcha 3); ``"auto"`` or ``"host:port"`` / ``"ray://..."`` join a cluster;
+  and then refuse ``num_cpus``); ``"auto"`` or ``"host:port"`` / ``"ray://..."`` join a cluster;
   inside ``ray job submit`` (``RAY_ADDRESS`` set) ``None`` joins the job's cluster.
 * :func:`validate_storage_path` — Tune's ``storage_path`` must be an absolute path or a URI
   (``s3://``, ``gs://``, ...); a local folder must be writable.
@@ -43,7 +43,6 @@ __all__ = [
     "validate_storage_path",
     "is_uri",
     "check_objective",
-    "METRIC_MODES",
     "URI_SCHEMES",
     "DEFAULT_RESOURCES",
 ]
@@ -194,7 +193,7 @@ def init_ray(
     A local instance has no dashboard unless ``include_dashboard=True``, and then it listens on
     127.0.0.1 only. If Ray is already initialised, nothing changes. If ``ray_bilevel`` is not
     installed (only on ``sys.path``), a local instance passes its folder to the workers through
-    ``PYTHONPATH`` (ENVIRONMENT.md §12).
+    ``PYTHONPATH`` (Ray workers import the package; a ``sys.path`` change in the driver does not reach them).
     """
     import ray
 
@@ -303,38 +302,21 @@ def _check_folder(folder: str, shown: str, create: bool) -> None:
         raise ConfigError(f"storage_path {shown!r} is not writable ({exc.strerror}); pick a writable folder or a URI.") from None
 
 
-#: Directions of the report keys (DESIGN.md "Reports"; the toy's keys for tests and examples).
-METRIC_MODES: dict[str, str] = {
-    "fid": "min",
-    "fid_domain": "min",
-    "lower_loss": "min",
-    "upper_loss": "min",
-    "upper_loss_exact": "min",
-    "dist_to_opt": "min",
-    "alignment": "max",
-    "reward": "max",
-    "is": "max",
-}
-
-
 def check_objective(metric: str, mode: str, task: Any = None) -> None:
     """Refuse an objective Tune would optimise the wrong way (e.g. ``metric="fid", mode="max"``).
 
-    ``mode`` must be ``"min"`` or ``"max"``. The direction of ``metric`` comes from the task
-    (``Task.metric``/``Task.mode``, when ``task`` — a name or class — is given and the metric is
-    its own) or from :data:`METRIC_MODES`; an unknown metric is accepted as given.
+    ``mode`` must be ``"min"`` or ``"max"``. The direction of ``metric`` is what the task declares
+    (``Task.metric_mode``) when ``task`` — a name or class — is given, else what the first registered task
+    that reports ``metric`` declares; an unknown metric is accepted as given.
     """
     if mode not in ("min", "max"):
         raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}.")
     if not isinstance(metric, str) or not metric:
         raise ConfigError(f"metric must be the name of a reported value such as 'fid_domain', got {metric!r}.")
-    expected = METRIC_MODES.get(metric)
-    if task is not None:
-        from ray_bilevel.tasks import get_task
+    from ray_bilevel.tasks import get_task, registered_tasks
 
-        cls = get_task(task)
-        if metric == cls.metric:
-            expected = cls.mode
+    classes = [get_task(task)] if task is not None else [get_task(name) for name in registered_tasks()]
+    expected = next((m for m in (cls.metric_mode(metric) for cls in classes) if m is not None), None)
     if expected is not None and expected != mode:
         better = "lower" if expected == "min" else "higher"
         raise ConfigError(f"metric {metric!r} is better {better}, but mode={mode!r} would optimise it the wrong way; use mode={expected!r}.")

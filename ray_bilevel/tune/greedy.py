@@ -1,4 +1,4 @@
-"""Greedy coordinate-wise grid search as a Ray Tune ``Searcher`` (ALGORITHMS.md §5.6).
+"""Greedy coordinate-wise grid search as a Ray Tune ``Searcher`` (docs/algorithms.md §5).
 
 The paper's schedule baseline tunes one coordinate at a time, "tau first and then start, end, and
 epsilon" [README of the released code]; its grids are [lost]. Stage k tries every value of

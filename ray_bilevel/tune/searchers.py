@@ -1,7 +1,7 @@
 """Baseline searchers of the benchmark and :func:`make_searcher`, which turns a method name and a
 :class:`~ray_bilevel.tune.spaces.SearchSpace` into what a ``tune.Tuner`` needs.
 
-How each method expresses its space (ALGORITHMS.md §4.9, §5.6):
+How each method expresses its space (docs/algorithms.md §5):
 
 =========  ==========================================  ===============================================
 method     search_alg                                   param_space
@@ -28,7 +28,7 @@ from typing import Any
 from ray_bilevel.config import ConfigError
 from ray_bilevel.tune.greedy import GreedyGridSearcher
 from ray_bilevel.tune.skopt_searcher import SkoptSearcher
-from ray_bilevel.tune.spaces import SearchSpace, as_space, greedy_grids, grid_values
+from ray_bilevel.tune.spaces import SearchSpace, as_space, greedy_grids, grid_values, skopt_dimensions, tune_domains
 
 __all__ = ["SkoptSearcher", "GreedyGridSearcher", "SearchPlan", "make_searcher", "METHODS", "initial_points"]
 
@@ -84,7 +84,7 @@ def make_searcher(
 
     Args:
         name: one of :data:`METHODS`.
-        space: a :class:`SearchSpace` (e.g. ``spaces.noise_schedule_space()``) or a dict of Tune domains.
+        space: a :class:`SearchSpace` (e.g. ``get_task("noise_schedule").search_space()``) or a dict of Tune domains.
         metric, mode: the objective (e.g. ``"fid_domain"``, ``"min"``).
         seed: the searcher's seed (``None`` = the paper's ``space.random_state``, 42).
         num_samples: the trial budget (``None`` = ``space.n_calls`` for random / bayes / tpe, the
@@ -124,7 +124,7 @@ def make_searcher(
         from ray.tune.search import BasicVariantGenerator
 
         generator = BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0, **kwargs)
-        return SearchPlan(name, generator, space.tune_domains(), n, n)
+        return SearchPlan(name, generator, tune_domains(space), n, n)
 
     if name == "greedy":
         searcher = GreedyGridSearcher(
@@ -135,13 +135,13 @@ def make_searcher(
     if name == "bayes":
         kwargs.setdefault("acq_func", space.acq_func)
         kwargs.setdefault("n_initial_points", initial_points(n))
-        searcher = SkoptSearcher(space.skopt_dimensions(), metric, mode, n_calls=n, random_state=seed, **kwargs)
+        searcher = SkoptSearcher(skopt_dimensions(space), metric, mode, n_calls=n, random_state=seed, **kwargs)
     else:  # tpe
         from ray.tune.search.hyperopt import HyperOptSearch
 
         kwargs.setdefault("n_initial_points", initial_points(n))
         searcher = HyperOptSearch(
-            HyperOptSearch.convert_search_space(space.tune_domains()), metric, mode, random_state_seed=seed, **kwargs
+            HyperOptSearch.convert_search_space(tune_domains(space)), metric, mode, random_state_seed=seed, **kwargs
         )
     search_alg = searcher
     if max_concurrent:

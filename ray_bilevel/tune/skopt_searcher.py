@@ -1,7 +1,7 @@
 """Bayesian optimisation with scikit-optimize as a Ray Tune ``Searcher`` (``gp_minimize`` semantics).
 
-The paper's Bayesian baselines call ``skopt.gp_minimize`` (ALGORITHMS.md §4.9: lambda, n_calls 20;
-§5.6: schedule, n_calls 15). Ray removed its own skopt searcher in 2.11 (ENVIRONMENT.md §4.2);
+The paper's Bayesian baselines call ``skopt.gp_minimize`` (docs/algorithms.md §5: lambda, n_calls 20;
+schedule, n_calls 15). Ray removed its own skopt searcher in 2.11 (ray-project/ray PR #43969);
 :class:`SkoptSearcher` fills the gap and asks the same points as ``gp_minimize`` when trials run one
 at a time.
 

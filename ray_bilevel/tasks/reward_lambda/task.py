@@ -1,6 +1,6 @@
 """Application 1 as Tasks: the entropy strength λ of reward-guided sampling (Algorithms 2 and 5).
 
-ALGORITHMS.md §4 and the pseudocode §8.1-§8.2. Problem (9): the lower level tilts the pre-trained model
+docs/algorithms.md §2. Problem (9): the lower level tilts the pre-trained model
 towards the reward r2, ``p*_λ ∝ p_data · exp(r2/λ)``, realised by gradient-guided sampling (Algorithm 5,
 strength β = β0/λ); the upper level maximises the alignment r1 of those samples.
 
@@ -16,12 +16,12 @@ strength β = β0/λ); the upper level maximises the alignment r1 of those sampl
   real digits of the prompt's class). Otherwise (a bilevel run between λ steps) ``alignment`` and ``reward`` are
   self-normalised importance-weighted estimates of ``E_{p*_λ}[r1]``, ``E_{p*_λ}[r2]`` on the fixed pre-trained
   reference set, with ``guided_images = 0``. ``final=True`` first completes the guided generation at the current
-  λ, then adds ``fid`` (Inception, guided vs pre-trained samples: the paper's measure, decision (f)).
+  λ, then adds ``fid`` (Inception, guided vs pre-trained samples: the paper's measure, docs/algorithms.md §4).
 
 Units: with the offline model ``alignment`` is 100 · p_classifier(prompt digit | x) (percent, the CLIP-score
 scale) and ``reward`` is ink in percent of a fully inked canvas. Every report also carries ``lam``.
 
-:class:`WeightedSumTask` (``"weighted_sum"``): the baseline of §4.9, guidance on ``r2 + w · r1`` at a fixed λ,
+:class:`~ray_bilevel.tasks.reward_lambda.weighted_sum.WeightedSumTask` (``"weighted_sum"``, a baseline this task offers; docs/algorithms.md §5): guidance on ``r2 + w · r1`` at a fixed λ,
 the weight ``w`` being the searched variable. It has no hypergradient: its ``hyper_step`` performs one guided
 round (the same work as ``lower_step``) and never moves ``w``, so under BilevelTrainable it is a fixed-w run.
 """
@@ -31,104 +31,23 @@ import json
 import math
 import zlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ray_bilevel.config import ConfigError, resolve
-from ray_bilevel.estimators.entropy_lambda import METHODS, lambda_hypergradient, lambda_statistics, project_lambda
+from ray_bilevel.estimators.entropy_lambda import lambda_hypergradient, lambda_statistics, project_lambda
 from ray_bilevel.guidance import Linearisation, linearise
+from ray_bilevel.space import Budget, SearchSpace, TaskMethod
 from ray_bilevel.tasks.base import Task
-from ray_bilevel.tasks.reward_lambda_parts import make_backend
+from ray_bilevel.tasks.reward_lambda.backends import make_backend
+from ray_bilevel.tasks.reward_lambda.settings import (
+    BASELINES, BUDGETS, PRESETS, RewardLambdaSettings, check_settings, lambda_space, weight_space,
+)
 
-__all__ = ["RewardLambdaSettings", "RewardLambdaTask", "WeightedSumSettings", "WeightedSumTask", "PRESETS"]
-
-
-@dataclass
-class RewardLambdaSettings:
-    """Every field can be overridden from the Tune config (``{"lam": 0.1}`` fixes a searcher's trial)."""
-
-    seed: int = 0
-    # model and scorers
-    model: str = "digits"  # "digits" (shipped class-conditional MNIST U-Net, offline) or "sd" (Stable Diffusion)
-    model_path: str = ""  # digits: a folder with another class-conditional UNet2DModel ("" = shipped)
-    sd_model: str = "runwayml/stable-diffusion-v1-5"
-    allow_download: bool = False
-    prompt: str = "a handwritten 7"
-    reward: str = "ink"  # r2: "ink" or "resnet18"
-    alignment: str = "class"  # r1: "class" (digit classifier) or "clip"
-    clip_model: str = "openai/clip-vit-base-patch16"
-    dataset: str = "mnist5k"  # real digits for fid_domain_real (held-out split)
-    split_seed: int = 0
-    height: int = 512  # Stable Diffusion only
-    width: int = 512
-    device: str = "cpu"  # "cpu", "cuda" or "auto"
-    # the upper variable and Algorithm 2 (§8.2)
-    lam: float = 5.0
-    lam_min: float = 0.01
-    lr_lam: float = 0.1
-    log_space: bool = True  # step in log λ (released: plain steps, log_space=False)
-    gamma: float = 1000.0  # released 1.0; with r1 in percent, γ = 1 gives the wrong sign on the digits model
-    method: str = "exact"
-    pool: str = "fresh"  # or "fixed"
-    pool_size: int = 128
-    outer_steps: int = 10
-    # Algorithm 5 (§8.1)
-    beta0: float = 0.01  # β = β0/λ; 0.01 puts the digits trade-off inside the λ grid {0.01, ..., 100}
-    steps: int = 20
-    cfg_scale: float = 1.0
-    rounds: int = 2  # ink is linear: with a fixed target every guided round repeats round 1
-    guide_batch: int = 32
-    repeats: int = 3
-    target: str = "fixed"
-    y_star: float = 100.0  # ink of a fully inked canvas (released: 10 for the ResNet reward)
-    delta: float = 1.0
-    reduction: str = "sum"
-    # evaluation
-    eval_seed: int = 12345  # the initial noise of every guided generation and of the reference set
-    ref_samples: int = 192  # pre-trained reference samples (FID reference, importance-weighted estimates)
-    fid_domain_shrinkage: Any = 0.0
-    fid_shrinkage: Any = "ledoit_wolf"  # Inception FID on few samples (decision (f))
-    final_inception: bool = True
-    sample_batch: int = 256
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # tests: seconds
-    "smoke": dict(pool_size=16, outer_steps=2, steps=4, rounds=2, guide_batch=4, repeats=1, ref_samples=16,
-                  fid_domain_shrinkage=0.2, fid_shrinkage=0.2),
-    # the default main job on a 2-core CPU: minutes
-    "quick": dict(),
-    # the paper's Application 1 (§4.5, §4.8): SD-1.5, CFG 7.5, 50 steps, 3 x 8 rounds x 4 repeats, seed 5,
-    # y* = 10, beta0 = 1, lambda0 = 5, eta = 0.1, K = 10, gamma = 1; needs local weights (or allow_download) and a GPU
-    "paper": dict(model="sd", prompt="A fox", reward="resnet18", alignment="clip", steps=50, cfg_scale=7.5, rounds=8,
-                  guide_batch=3, repeats=4, y_star=10.0, beta0=1.0, lam=5.0, lr_lam=0.1, log_space=False,
-                  outer_steps=10, gamma=1.0,
-                  pool_size=16, ref_samples=64, seed=5, eval_seed=5, device="auto", sample_batch=8,
-                  fid_domain_shrinkage=0.2),
-}
-
-_CHOICES = {"method": METHODS, "pool": ("fresh", "fixed"), "target": ("fixed", "increment"),
-            "reduction": ("sum", "mean"), "model": ("digits", "sd"), "reward": ("ink", "resnet18"),
-            "alignment": ("class", "clip"), "device": ("cpu", "cuda", "auto")}
-
-
-def _check(cfg: RewardLambdaSettings) -> None:
-    for key in ("pool_size", "outer_steps", "steps", "rounds", "guide_batch", "repeats", "ref_samples", "sample_batch"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"reward_lambda setting {key!r} must be >= 1, got {getattr(cfg, key)}.")
-    for key in ("lam", "lam_min", "lr_lam", "gamma"):
-        if not (math.isfinite(getattr(cfg, key)) and getattr(cfg, key) > 0):
-            raise ConfigError(f"reward_lambda setting {key!r} must be a finite number > 0, got {getattr(cfg, key)}.")
-    if cfg.lam < cfg.lam_min:
-        raise ConfigError(f"lam={cfg.lam} is below lam_min={cfg.lam_min}; raise lam or lower lam_min.")
-    if cfg.beta0 < 0:
-        raise ConfigError(f"beta0 must be >= 0, got {cfg.beta0}.")
-    for key, allowed in _CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"reward_lambda setting {key!r} must be one of {list(allowed)}, got {getattr(cfg, key)!r}.")
+__all__ = ["RewardLambdaTask"]
 
 
 def _seed(*parts: Any) -> int:
@@ -143,11 +62,26 @@ class RewardLambdaTask(Task):
     mode = "max"
     settings_cls: type = RewardLambdaSettings
     presets: Mapping[str, Mapping[str, Any]] = PRESETS
+    metric_modes = {"alignment": "max", "reward": "max", "fid": "min", "fid_domain": "min", "fid_domain_real": "min"}
+    baselines = BASELINES
+
+    @classmethod
+    def search_space(cls) -> SearchSpace:
+        return lambda_space()
+
+    @classmethod
+    def task_methods(cls) -> Mapping[str, TaskMethod]:
+        """The weighted sum of docs/algorithms.md §5: guidance on ``r2 + w · r1``, a grid over ``w``."""
+        return {"weighted_sum": TaskMethod(task="weighted_sum", space=weight_space(), searcher="grid")}
+
+    @classmethod
+    def budget(cls, preset: str) -> Budget:
+        return BUDGETS.get(preset) or super().budget(preset)
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__(config)
         self.cfg = cfg = resolve(self.settings_cls, self.presets, config)
-        _check(cfg)
+        check_settings(cfg)
         self.backend = make_backend(cfg)
         self.lam = float(cfg.lam)
         self.outer_done = 0
@@ -176,7 +110,7 @@ class RewardLambdaTask(Task):
 
     @property
     def beta(self) -> float:
-        """Guidance strength of the lower level, β = β0/λ (§4.4 (11a))."""
+        """Guidance strength of the lower level, β = β0/λ (docs/algorithms.md §2.3, (11a))."""
         return self.cfg.beta0 / self.lam
 
     # -- budgets -------------------------------------------------------------------------------
@@ -200,7 +134,7 @@ class RewardLambdaTask(Task):
         return a, b
 
     def hyper_step(self) -> dict[str, float]:
-        """One λ iteration of Algorithm 2 (§8.2) from pre-trained samples; no guided sampling."""
+        """One λ iteration of Algorithm 2 (docs/algorithms.md §2.4) from pre-trained samples; no guided sampling."""
         c = self.cfg
         a, b = self._pool(self.outer_done)
         grad = lambda_hypergradient(a, b, self.lam, c.gamma, c.method)
@@ -226,14 +160,14 @@ class RewardLambdaTask(Task):
         return self.backend.r2(x)
 
     def _tilt(self, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
-        """The exponent's reward of the closed-form target p ∝ p_data e^{tilt/λ} (§4.2): r2."""
+        """The exponent's reward of the closed-form target p ∝ p_data e^{tilt/λ} (docs/algorithms.md §2.1): r2."""
         return r2
 
     def _generation_complete(self) -> bool:
         return self.gen["repeat"] >= self.cfg.repeats
 
     def lower_step(self) -> dict[str, float]:
-        """One round of Algorithm 5 (§8.1) for batch ``repeat`` at the current strength β0/λ."""
+        """One round of Algorithm 5 (docs/algorithms.md §2.3) for batch ``repeat`` at the current strength β0/λ."""
         c, g = self.cfg, self.gen
         if self._generation_complete():
             self._reset_generation()
@@ -295,7 +229,7 @@ class RewardLambdaTask(Task):
             while not self._generation_complete():
                 self.lower_step()
         x = self._guided_images()
-        if x is None:  # the closed-form lower-level solution p*_λ on the reference set (§4.2)
+        if x is None:  # the closed-form lower-level solution p*_λ on the reference set (docs/algorithms.md §2.1)
             w = torch.softmax(self._tilt(ref["r1"], ref["r2"]) / self.lam, dim=0)
             out.update(alignment=float((w * ref["r1"]).sum()), reward=float((w * ref["r2"]).sum()),
                        ess=float(1.0 / w.square().sum()), guided_images=0.0)
@@ -345,56 +279,3 @@ class RewardLambdaTask(Task):
         if self._ref is not None:
             save_image((self._ref["images"][:64] + 1) / 2, path / f"{self.name}_pretrained.png", nrow=8)
 
-
-@dataclass
-class WeightedSumSettings(RewardLambdaSettings):
-    """The weighted-sum baseline: guidance on r2 + w · r1 at a fixed λ (released: w = 1, λ = 1)."""
-
-    w: float = 1.0
-    lam: float = 1.0
-
-
-class WeightedSumTask(RewardLambdaTask):
-    """Baseline of §4.9: Algorithm 5 on ``r2 + w · r1`` (r1 differentiable: the digit classifier or CLIP)."""
-
-    name = "weighted_sum"
-    settings_cls = WeightedSumSettings
-    presets = {**PRESETS, "paper": {**PRESETS["paper"], "lam": 1.0}}
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        super().__init__(config)
-        if not math.isfinite(self.cfg.w) or self.cfg.w < 0:
-            raise ConfigError(f"the weight w must be a finite number >= 0, got w={self.cfg.w}.")
-        self.w = float(self.cfg.w)
-
-    def hyperparameters(self) -> dict[str, float]:
-        return {"w": self.w}
-
-    def set_hyperparameters(self, values: Mapping[str, float]) -> None:
-        unknown = set(values) - {"w"}
-        if unknown:
-            raise ConfigError(f"unknown hyperparameters {sorted(unknown)} for weighted_sum; it has only 'w'.")
-        if "w" in values and float(values["w"]) != self.w:
-            self.w = float(values["w"])
-            self._reset_generation()
-
-    def _guidance_reward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backend.r2(x) + self.w * self.backend.r1(x)
-
-    def _tilt(self, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
-        return r2 + self.w * r1
-
-    @property
-    def outer_budget(self) -> int:
-        return self.lower_budget
-
-    def hyper_step(self) -> dict[str, float]:
-        """No hypergradient exists for w: one guided round at fixed w (so BilevelTrainable runs a fixed-w trial)."""
-        return {**self.lower_step(), "hypergrad_norm": 0.0}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "w": self.w}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.w = float(state["w"])

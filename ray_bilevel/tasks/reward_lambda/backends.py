@@ -1,6 +1,6 @@
 """Models and scorers behind the reward-λ tasks: the offline digits model and the Stable Diffusion backend.
 
-A backend exposes what Algorithms 2 and 5 need (ALGORITHMS.md §8.1, §8.2), identically for a pixel-space
+A backend exposes what Algorithms 2 and 5 need (docs/algorithms.md §2.3, §2.4), identically for a pixel-space
 class-conditional U-Net and for Stable Diffusion:
 
 * ``noise(n, seed)`` — initial noise z_T (seeded; the same seed gives the same z_T in every trial);

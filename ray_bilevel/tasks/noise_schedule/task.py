@@ -1,4 +1,4 @@
-"""Bilevel noise-schedule learning, Algorithm 6 (ALGORITHMS.md §5, §8.3; decisions (b)-(f) of §1).
+"""Bilevel noise-schedule learning, Algorithm 6 of the paper (docs/algorithms.md §3.4; departures in §6).
 
 Upper variable q = (start, end, tau, eps) of a cosine (16) or sigmoid (34) schedule; lower level
 y = score matching (24) of a U-Net under q; upper objective = FID of DDIM samples. One
@@ -9,7 +9,7 @@ y = score matching (24) of a U-Net under q; upper objective = FID of DDIM sample
    ones make none either, so that y adapts to q [derived; both 0 = Algorithm 6 as printed]). Each y step
    draws a fresh minibatch (the released code repeats one minibatch K_y times: the same compute, less data
    diversity), so a bilevel run and a fixed-schedule run of ``lower_budget`` steps see the same data stream.
-2. Penalty problem (decision (b)): z is a second U-Net with its own AdamW on its live parameters,
+2. Penalty problem (docs/algorithms.md §6: the released z update is a no-op): z is a second U-Net with its own AdamW on its live parameters,
    initialised in place from y (once for ``z_init="previous"``, before every step for ``"copy_y"``);
    K_z steps on ``(1/gamma) ZO-grad_z FID + grad_z SM(z; q)``.
 3. h_y = grad_q SM(y; q), h_z = grad_q SM(z; q) by autograd through alphas_cumprod(q) on the SAME
@@ -17,11 +17,11 @@ y = score matching (24) of a U-Net under q; upper objective = FID of DDIM sample
 4. Adam (no weight decay, one learning rate per parameter) on ``g_q/gamma + (h_z - h_y)`` = grad F_gamma/gamma
    (eq. 4/15), then projection onto the schedule bounds; gamma follows a linear schedule.
 
-Every ZO evaluation uses common random numbers (decision (c)): the same x_T, DDIM timesteps and
+Every ZO evaluation uses common random numbers (docs/algorithms.md §3.3): the same x_T, DDIM timesteps and
 feature network for the + and - points, at the live parameters (z, q), never at the EMA. The
 in-loop FID is the Fréchet distance on the digit classifier's 64-d features (``fid_domain``)
-against held-out real images, with n >= 65 samples or shrinkage (decision (f)); ZO and reports
-use the same number of DDIM steps unless configured (decision (e)). The EMA of y is used only
+against held-out real images, with n >= 65 samples or shrinkage (docs/algorithms.md §4); ZO and reports
+use the same number of DDIM steps unless configured (docs/algorithms.md §6). The EMA of y is used only
 for reporting. Random streams are separate (y's data/t/eps, z, hypergradient, ZO), so y's
 stream is identical in a bilevel run and in a fixed-schedule run until q first moves.
 """
@@ -31,119 +31,27 @@ import copy
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from ray_bilevel.config import ConfigError, resolve
 from ray_bilevel.diffusion import EMA, build_unet, ddim_sample, initial_noise, score_matching_loss
-from ray_bilevel.estimators.zeroth_order import zo_gradient
+from ray_bilevel.estimators.flat import get_flat, set_flat_
+from ray_bilevel.estimators.penalty import penalty_combine
+from ray_bilevel.estimators.zeroth_order import coordinate_zo, zo_gradient
 from ray_bilevel.schedules import NAMES, NoiseSchedule, alphas_cumprod_from
+from ray_bilevel.space import Budget, SearchSpace
 from ray_bilevel.tasks.base import Task
-from ray_bilevel.tasks.noise_schedule_parts import (
-    UpperMetrics,
-    abar_report,
-    check_settings,
-    coordinate_zo,
-    get_flat,
-    load_state,
-    set_flat_,
-    state_of,
-    write_exports,
-)
+from ray_bilevel.tasks.noise_schedule.evaluation import UpperMetrics, abar_report
+from ray_bilevel.tasks.noise_schedule.exports import write_exports
+from ray_bilevel.tasks.noise_schedule.settings import BASELINES, BUDGETS, PRESETS, NoiseScheduleSettings, check_settings, search_space
 
-__all__ = ["NoiseScheduleSettings", "NoiseScheduleTask", "PRESETS"]
+__all__ = ["NoiseScheduleTask"]
 
+_FORMAT = "ray_bilevel.noise_schedule/1"
 
-@dataclass
-class NoiseScheduleSettings:
-    """Every field can be overridden from the Tune config (``{"tau": 1.2}`` fixes a baseline's schedule)."""
-
-    seed: int = 0
-    # data (ray_bilevel.data.load_images); the held-out split gives the real FID statistics
-    dataset: str = "mnist5k"
-    image_size: int = 16
-    heldout_fraction: float = 0.2
-    split_seed: int = 0
-    data_root: str | None = None
-    download: bool = False
-    # lower-level network y (and the penalty network z)
-    block_out_channels: tuple = (16, 32)
-    layers_per_block: int = 1
-    norm_num_groups: int = 8
-    batch_size: int = 64
-    lr: float = 2e-3
-    lr_z: float = 2e-3
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # or "cosine" (decay to 0 over lower_budget y steps)
-    ema_decay: float = 0.995  # per y step; 0 disables the EMA (reports use y)
-    # schedule q (None: the family default, cosine (0, 1, 1, 0.008) = DDIM default)
-    family: str = "cosine"
-    parameterisation: str = "chen2023"
-    T: int = 1000
-    start: float | None = None
-    end: float | None = None
-    tau: float | None = None
-    eps: float | None = None
-    bounds: dict | None = None
-    # Algorithm 6 loop. quick: 5 warm-up outer steps of 40 y steps, 10 bilevel, 8 cool-down and 2 polishing outer
-    # steps of 50 y steps (1,200 y steps in all, as the fixed-schedule baseline); see docs/noise_schedule.md
-    outer_steps: int = 25
-    warmup_outer: int = 5
-    cooldown_outer: int = 8
-    polish_outer: int = 2  # bilevel outer steps after the cool-down: q adapts to the trained y
-    inner_y_warmup: int = 40
-    inner_y: int = 50
-    inner_z: int = 1
-    z_init: str = "previous"  # or "copy_y"
-    z_fid_grad: str = "zo"  # or "none": z steps on SM only
-    gamma: float = 1.0
-    gamma_end: float = 1.0
-    lr_start: float = 0.005
-    lr_end: float = 0.005
-    lr_tau: float = 0.06
-    lr_eps: float = 0.002
-    zo_q_estimator: str = "coordinate"  # or "gaussian": eq. (14) with zo_directions Gaussian directions (paper)
-    zo_mu: float = 0.01
-    zo_mu_z: float = 1e-3
-    zo_directions: int = 1
-    zo_samples: int = 96
-    zo_steps: int = 20
-    # evaluation
-    eval_steps: int | None = None  # None: = zo_steps (decision (e))
-    eval_samples: int = 1000
-    eval_seed: int = 12345  # the same x_T for every trial: evaluations share their noise
-    fid_shrinkage: Any = 0.0  # rho in [0, 1] or "ledoit_wolf" (decision (f)); 0 needs >= 65 samples
-    final_samples: int = 500  # Inception FID / classifier IS samples at final evaluation
-    final_real: int = 1000  # held-out real images for the Inception statistics
-    sample_batch: int = 500
-    device: str = "cpu"  # "cpu", "cuda" or "auto"
-    extra: dict = field(default_factory=dict)  # free-form notes recorded with the results
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # tests: seconds
-    "smoke": dict(
-        dataset="mnist5k", image_size=8, block_out_channels=(8, 16), batch_size=16, T=100, outer_steps=3,
-        warmup_outer=1, cooldown_outer=0, polish_outer=0, inner_y_warmup=2, inner_y=2, inner_z=1, zo_samples=12,
-        zo_steps=3, eval_samples=16, fid_shrinkage=0.2, final_samples=6, final_real=6, sample_batch=64,
-    ),
-    # the default main job on a 2-core CPU: mnist5k at 16 px, a 160 k-parameter U-Net (ENVIRONMENT.md §6.1).
-    # z = y copied (with its AdamW state) before each penalty step, z steps on SM only: measured, a 1-direction ZO
-    # step on z's 1.6e5 weights (Adam-normalised) or a z that lags y ("previous") wrecks z, and the schedule's
-    # ZO gradient is taken at z (docs/noise_schedule.md)
-    "quick": dict(z_init="copy_y", z_fid_grad="none"),
-    # the paper's settings (§5.5): full MNIST, 28 px, ~1.06 M-parameter U-Net, batch 128, 3 epochs (2 warm-up), GPU
-    "paper": dict(
-        dataset="mnist", image_size=28, block_out_channels=(32, 64, 64), batch_size=128, lr=1e-3, lr_z=1e-3,
-        weight_decay=0.01, lr_schedule="cosine", ema_decay=0.999, outer_steps=1407, warmup_outer=938, cooldown_outer=0,
-        polish_outer=0, inner_y_warmup=10, inner_y=10, inner_z=1, lr_start=0.01, lr_end=0.01, lr_tau=0.1, lr_eps=0.001,
-        zo_q_estimator="gaussian",
-        zo_samples=256, zo_steps=50, eval_samples=2000, final_samples=10000, final_real=10000,
-        sample_batch=1000, device="auto",
-    ),
-}
 
 
 class NoiseScheduleTask(Task):
@@ -152,11 +60,20 @@ class NoiseScheduleTask(Task):
     name = "noise_schedule"
     metric = "fid_domain"
     mode = "min"
+    metric_modes = {"fid": "min", "fid_domain": "min", "is": "max", "lower_loss": "min"}
+    baselines = BASELINES
+
+    @classmethod
+    def search_space(cls) -> SearchSpace:
+        return search_space()
+
+    @classmethod
+    def budget(cls, preset: str) -> Budget:
+        return BUDGETS.get(preset) or super().budget(preset)
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__(config)
         self.cfg = cfg = resolve(NoiseScheduleSettings, PRESETS, config)
-        cfg.block_out_channels = tuple(int(c) for c in cfg.block_out_channels)
         check_settings(cfg)
         if cfg.device == "auto":
             cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -172,7 +89,7 @@ class NoiseScheduleTask(Task):
             torch.manual_seed(cfg.seed)
             self.y = build_unet(cfg.image_size, self.shape[0], cfg.block_out_channels, cfg.layers_per_block,
                                 norm_num_groups=cfg.norm_num_groups).to(self.device)
-        self.z = copy.deepcopy(self.y)  # a second, separate network (decision (b))
+        self.z = copy.deepcopy(self.y)  # a second, separate network (docs/algorithms.md §3.4)
         self.opt_y = torch.optim.AdamW(self.y.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.opt_z = torch.optim.AdamW(self.z.parameters(), lr=cfg.lr_z, weight_decay=cfg.weight_decay)
         self.opt_q = torch.optim.Adam(
@@ -352,7 +269,7 @@ class NoiseScheduleTask(Task):
             lower, upper = zip(*(s.bounds[n] for n in NAMES))
             frozen = [getattr(c, f"lr_{n}") == 0 for n in NAMES]  # a zero hyper learning rate: not probed
             res = coordinate_zo(f, q0, c.zo_mu, lower, upper, skip=frozen)
-        direction = res.grad / gamma + (h_z - h_y)
+        direction = penalty_combine(res.grad, h_z, h_y, gamma) / gamma  # = g_q/gamma + (h_z - h_y)
         if not bool(torch.isfinite(direction).all()):
             raise FloatingPointError(f"non-finite schedule hypergradient {direction.tolist()} at q={q0.tolist()}; lower zo_mu or the hyper learning rates.")
         self.opt_q.zero_grad(set_to_none=True)
@@ -361,7 +278,7 @@ class NoiseScheduleTask(Task):
         self.opt_q.step()
         self._project()
         fids = res.f_plus + res.f_minus
-        full = res.grad + gamma * (h_z - h_y)  # the estimate of grad F_gamma(q), eq. (4)/(15)
+        full = penalty_combine(res.grad, h_z, h_y, gamma)  # the estimate of grad F_gamma(q), eq. (4)/(15)
         return {
             **{f"hypergrad_{n}": float(g) for n, g in zip(NAMES, full)},
             "hypergrad_norm": float(full.norm()),
@@ -371,7 +288,7 @@ class NoiseScheduleTask(Task):
         }
 
     def sm_schedule_gradients(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h_y, h_z) = grad_q SM(y; q), grad_q SM(z; q) on the SAME (x0, t, eps) (ALGORITHMS §1), as (4,) tensors."""
+        """(h_y, h_z) = grad_q SM(y; q), grad_q SM(z; q) on the SAME (x0, t, eps) (docs/algorithms.md §3.4), as (4,) tensors."""
         params = [getattr(self.schedule, n) for n in NAMES]
         h = []
         for net in (self.y, self.z):
@@ -423,12 +340,53 @@ class NoiseScheduleTask(Task):
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return state_of(self)
+        """Everything needed to continue identically; weights_only-loadable."""
+        return {
+            "format": _FORMAT,
+            "seed": self.cfg.seed,
+            "y": self.y.state_dict(),
+            "z": self.z.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "opt_y": self.opt_y.state_dict(),
+            "opt_z": self.opt_z.state_dict(),
+            "opt_q": self.opt_q.state_dict(),
+            "schedule": {k: v.detach().clone() for k, v in self.schedule.state_dict().items()},
+            "gens": {k: g.get_state() for k, g in self.gens.items()},
+            "perm": self.perm.clone(),
+            "cursor": self.cursor,
+            "lower_steps": self.lower_steps,
+            "outer_done": self.outer_done,
+            "bilevel_steps": self.bilevel_steps,
+            "trajectory": [dict(t) for t in self.trajectory],
+            "projected": list(self.projected),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        load_state(self, state)
+        if state.get("format") != _FORMAT:
+            raise ConfigError(f"not a noise_schedule task state (format {state.get('format')!r}, expected {_FORMAT!r}).")
+        self.y.load_state_dict(state["y"])
+        self.z.load_state_dict(state["z"])
+        if self.ema is not None and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        self.opt_y.load_state_dict(state["opt_y"])
+        self.opt_z.load_state_dict(state["opt_z"])
+        with torch.no_grad():
+            for name, value in state["schedule"].items():
+                getattr(self.schedule, name).copy_(value)
+        self.opt_q.load_state_dict(state["opt_q"])
+        for key, value in state["gens"].items():
+            self.gens[key].set_state(value)
+        self.perm = state["perm"].clone()
+        self.cursor = int(state["cursor"])
+        self.lower_steps = int(state["lower_steps"])
+        self.outer_done = int(state["outer_done"])
+        self.bilevel_steps = int(state["bilevel_steps"])
+        self.trajectory = [dict(t) for t in state["trajectory"]]
+        self.projected = list(state["projected"])
 
     def export(self, directory: str) -> None:
         if not hasattr(self, "last_images"):
             self.last_images = self.samples(min(64, self.cfg.eval_samples))
-        write_exports(self, directory, settings=asdict(self.cfg))
+        record = {"trajectory": self.trajectory, "outer_steps": self.outer_done, "lower_steps": self.lower_steps}
+        write_exports(directory, self.schedule, self.last_images, self.cfg.eval_steps or self.cfg.zo_steps, record,
+                      settings=asdict(self.cfg))

@@ -1,0 +1,154 @@
+"""Settings, presets, checks, search spaces and benchmark budgets of the reward-λ tasks (docs/algorithms.md §2, §5)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ray_bilevel.config import ConfigError
+from ray_bilevel.estimators.entropy_lambda import METHODS
+from ray_bilevel.space import Budget, Param, SearchSpace
+
+__all__ = ["RewardLambdaSettings", "WeightedSumSettings", "PRESETS", "WEIGHTED_SUM_PRESETS", "check_settings",
+           "lambda_space", "weight_space", "BASELINES", "BUDGETS"]
+
+
+@dataclass
+class RewardLambdaSettings:
+    """Every field can be overridden from the Tune config (``{"lam": 0.1}`` fixes a searcher's trial)."""
+
+    seed: int = 0
+    # model and scorers
+    model: Literal["digits", "sd"] = "digits"  # "digits" (shipped class-conditional MNIST U-Net, offline) or "sd" (Stable Diffusion)
+    model_path: str = ""  # digits: a folder with another class-conditional UNet2DModel ("" = shipped)
+    sd_model: str = "runwayml/stable-diffusion-v1-5"
+    allow_download: bool = False
+    prompt: str = "a handwritten 7"
+    reward: Literal["ink", "resnet18"] = "ink"  # r2: "ink" or "resnet18"
+    alignment: Literal["class", "clip"] = "class"  # r1: "class" (digit classifier) or "clip"
+    clip_model: str = "openai/clip-vit-base-patch16"
+    dataset: str = "mnist5k"  # real digits for fid_domain_real (held-out split)
+    split_seed: int = 0
+    height: int = 512  # Stable Diffusion only
+    width: int = 512
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # "cpu", "cuda" or "auto"
+    # the upper variable and Algorithm 2 (docs/algorithms.md §2.4)
+    lam: float = 5.0
+    lam_min: float = 0.01
+    lr_lam: float = 0.1
+    log_space: bool = True  # step in log λ (released: plain steps, log_space=False)
+    gamma: float = 1000.0  # released 1.0; with r1 in percent, γ = 1 gives the wrong sign on the digits model
+    method: Literal["exact", "paper"] = "exact"
+    pool: Literal["fresh", "fixed"] = "fresh"  # or "fixed"
+    pool_size: int = 128
+    outer_steps: int = 10
+    # Algorithm 5 (docs/algorithms.md §2.3)
+    beta0: float = 0.01  # β = β0/λ; 0.01 puts the digits trade-off inside the λ grid {0.01, ..., 100}
+    steps: int = 20
+    cfg_scale: float = 1.0
+    rounds: int = 2  # ink is linear: with a fixed target every guided round repeats round 1
+    guide_batch: int = 32
+    repeats: int = 3
+    target: Literal["fixed", "increment"] = "fixed"
+    y_star: float = 100.0  # ink of a fully inked canvas (released: 10 for the ResNet reward)
+    delta: float = 1.0
+    reduction: Literal["sum", "mean"] = "sum"
+    # evaluation
+    eval_seed: int = 12345  # the initial noise of every guided generation and of the reference set
+    ref_samples: int = 192  # pre-trained reference samples (FID reference, importance-weighted estimates)
+    fid_domain_shrinkage: float | Literal["ledoit_wolf"] = 0.0
+    fid_shrinkage: float | Literal["ledoit_wolf"] = "ledoit_wolf"  # Inception FID on few samples (docs/algorithms.md §4)
+    final_inception: bool = True
+    sample_batch: int = 256
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # tests: seconds
+    "smoke": dict(pool_size=16, outer_steps=2, steps=4, rounds=2, guide_batch=4, repeats=1, ref_samples=16,
+                  fid_domain_shrinkage=0.2, fid_shrinkage=0.2),
+    # the default main job on a 2-core CPU: minutes
+    "quick": dict(),
+    # the paper's Application 1 (docs/algorithms.md §2.3-§2.5): SD-1.5, CFG 7.5, 50 steps, 3 x 8 rounds x 4 repeats, seed 5,
+    # y* = 10, beta0 = 1, lambda0 = 5, eta = 0.1, K = 10, gamma = 1; needs local weights (or allow_download) and a GPU
+    "paper": dict(model="sd", prompt="A fox", reward="resnet18", alignment="clip", steps=50, cfg_scale=7.5, rounds=8,
+                  guide_batch=3, repeats=4, y_star=10.0, beta0=1.0, lam=5.0, lr_lam=0.1, log_space=False,
+                  outer_steps=10, gamma=1.0,
+                  pool_size=16, ref_samples=64, seed=5, eval_seed=5, device="auto", sample_batch=8,
+                  fid_domain_shrinkage=0.2),
+}
+
+_CHOICES = {"method": METHODS, "pool": ("fresh", "fixed"), "target": ("fixed", "increment"),
+            "reduction": ("sum", "mean"), "model": ("digits", "sd"), "reward": ("ink", "resnet18"),
+            "alignment": ("class", "clip"), "device": ("cpu", "cuda", "auto")}
+
+
+def check_settings(cfg: RewardLambdaSettings) -> None:
+    for key in ("pool_size", "outer_steps", "steps", "rounds", "guide_batch", "repeats", "ref_samples", "sample_batch"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"reward_lambda setting {key!r} must be >= 1, got {getattr(cfg, key)}.")
+    for key in ("lam", "lam_min", "lr_lam", "gamma"):
+        if not (math.isfinite(getattr(cfg, key)) and getattr(cfg, key) > 0):
+            raise ConfigError(f"reward_lambda setting {key!r} must be a finite number > 0, got {getattr(cfg, key)}.")
+    if cfg.lam < cfg.lam_min:
+        raise ConfigError(f"lam={cfg.lam} is below lam_min={cfg.lam_min}; raise lam or lower lam_min.")
+    if cfg.beta0 < 0:
+        raise ConfigError(f"beta0 must be >= 0, got {cfg.beta0}.")
+    for key, allowed in _CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"reward_lambda setting {key!r} must be one of {list(allowed)}, got {getattr(cfg, key)!r}.")
+
+
+
+@dataclass
+class WeightedSumSettings(RewardLambdaSettings):
+    """The weighted-sum baseline: guidance on r2 + w · r1 at a fixed λ (released: w = 1, λ = 1)."""
+
+    w: float = 1.0
+    lam: float = 1.0
+
+
+
+#: The weighted sum's paper preset keeps the released λ = 1.
+WEIGHTED_SUM_PRESETS: dict[str, dict[str, Any]] = {**PRESETS, "paper": {**PRESETS["paper"], "lam": 1.0}}
+
+
+def lambda_space() -> SearchSpace:
+    """Search space of the λ baselines (docs/algorithms.md §5).
+
+    Grid {0.01, 0.1, 1, 10, 100} [released; the paper's grid is lost]. Random search: 5 values
+    log-uniform on a lost range, taken as [0.01, 100] [derived, = the Bayesian range].
+    Bayesian: ``Real(0.01, 100, "log-uniform")``, n_calls = 20, random_state = 42 [released];
+    acquisition EI [paper] (the released code leaves gp_minimize's ``gp_hedge``; we follow the paper).
+    """
+    return SearchSpace(
+        params=(Param("lam", 0.01, 100.0, log=True, default=None, grid=(0.01, 0.1, 1.0, 10.0, 100.0)),),
+        n_calls=20,
+        acq_func="EI",
+        random_state=42,
+        note="entropy strength lambda",
+    )
+
+
+def weight_space(name: str = "w") -> SearchSpace:
+    """Weight ``w`` of the weighted-sum baseline (guidance by ``r2 + w * alignment``).
+
+    The paper's grid is lost; the released code uses w = 1 only. Ours [derived]: the decade
+    grid {0.01, 0.1, 1, 10, 100} (same size as the λ grid, so the budgets match), with
+    log-uniform [0.01, 100] for random / Bayesian search.
+    """
+    return SearchSpace(
+        params=(Param(name, 0.01, 100.0, log=True, default=1.0, grid=(1.0, 0.1, 10.0, 0.01, 100.0)),),
+        n_calls=20,
+        acq_func="EI",
+        random_state=42,
+        note="weighted-sum weight w",
+    )
+
+
+#: The paper's comparison (docs/algorithms.md §5): grid, random, Bayesian, weighted sum, plus TPE and the default.
+BASELINES = ("default", "bilevel", "grid", "random", "bayes", "tpe", "weighted_sum")
+
+#: A fixed-λ trial is a few guided rounds (~20 s on 2 cores): four trials per searcher, two rounds on two cores.
+BUDGETS: dict[str, Budget] = {
+    "quick": Budget(trials=4, iterations=3, methods=("default", "bilevel", "grid", "random", "bayes", "weighted_sum")),
+}
