@@ -2,13 +2,18 @@
 
 A feature extractor is anything with ``name: str``, ``dim: int`` and
 ``__call__(images) -> (N, dim)`` for images in [-1, 1], (N, C, H, W), C in {1, 3}, any size,
-computed without gradients (:class:`FeatureExtractor`). ``preprocessing: str`` (optional)
-describes the input pipeline; :class:`~ray_bilevel.metrics.fid.FIDEvaluator` keys its cache by it.
+computed without gradients (:class:`FeatureExtractor`). ``preprocessing: str`` describes the
+input pipeline exactly (input range, channel handling, resize size and mode, normalisation);
+:class:`~ray_bilevel.metrics.fid.FIDEvaluator` keys its cache of real statistics by it, by
+:func:`weights_fingerprint` (a SHA-256 of the network's weights) and by the real images' bytes,
+so statistics of a retrained or re-preprocessed extractor are never reused
+(docs/algorithms.md §4, evaluation protocol). Change an extractor's ``preprocessing`` string
+whenever its input pipeline changes: code changes are not seen by the weight fingerprint.
 
-Inception (ALGORITHMS.md §1 decision (f), final reporting; ENVIRONMENT.md §8): the
-TF inception-2015-12-05 network (pool3, 2048-d) with pytorch-fid's preprocessing — [-1, 1] →
-[0, 1], grey repeated to 3 channels, bilinear resize to 299×299 (``align_corners=False``),
-then ×2−1. Weights, in order of preference:
+Inception (docs/algorithms.md §4, final reporting): the TF inception-2015-12-05 network
+(pool3, 2048-d) with pytorch-fid's preprocessing — [-1, 1] → [0, 1], grey repeated to 3
+channels, bilinear resize to 299×299 (``align_corners=False``), then ×2−1. Weights, in order
+of preference:
 
 1. pytorch-fid's own ``pt_inception-2015-12-05-6726825d.pth`` when it already sits in the
    torch hub cache (``torch.hub.get_dir()/checkpoints``), or when ``allow_download=True``;
@@ -21,9 +26,11 @@ Domain features: the shipped digit classifier's 64-d penultimate layer (fast, in
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
 import warnings
+import weakref
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -39,12 +46,26 @@ __all__ = [
     "inception_extractor",
     "digit_extractor",
     "locate_inception_weights",
+    "weights_fingerprint",
     "PYTORCH_FID_WEIGHTS",
+    "INCEPTION_PREPROCESSING",
+    "DIGIT_PREPROCESSING",
 ]
 
 PYTORCH_FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 _TS_FILE = "default_1.pt"
-INCEPTION_PREPROCESSING = "pytorch-fid: [-1,1]->[0,1], grey->RGB, bilinear 299 (align_corners=False), x*2-1"
+#: The exact input pipeline of :class:`InceptionExtractor` (both backends compute the same thing).
+INCEPTION_PREPROCESSING = (
+    "inception pool3 v1: input float (N,1|3,H,W) in [-1,1], clamped to [-1,1]; float32; x -> (x+1)/2 in [0,1]; "
+    "1 channel repeated to 3 (RGB); resize to 299x299 bilinear, align_corners=False, antialias=False; "
+    "x -> 2x-1 in [-1,1]; no mean/std normalisation; output pool3 (2048) after ReLU, flattened"
+)
+#: The exact input pipeline of :class:`DigitExtractor` (``DigitClassifier.prepare`` + ``features``).
+DIGIT_PREPROCESSING = (
+    "digit cnn64 v1: input float (N,1|3,H,W) in [-1,1], clamped to [-1,1]; no rescaling or mean/std normalisation "
+    "(the network takes [-1,1]); 3 channels -> grey by ITU-R 601 luma (0.299, 0.587, 0.114); resize to 28x28 "
+    "bilinear, align_corners=False, antialias=True only when H or W > 28; output fc1 (64) before its ReLU"
+)
 
 
 @runtime_checkable
@@ -53,6 +74,7 @@ class FeatureExtractor(Protocol):
 
     name: str
     dim: int
+    preprocessing: str
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) in [-1, 1] -> (N, dim)
         ...
@@ -79,6 +101,11 @@ class InceptionExtractor:
         self.name = f"inception_v3_tf2015_pool3[{backend}]"
         self.batch_size = int(batch_size)
 
+    @property
+    def weights_fingerprint(self) -> str:
+        """SHA-256 of the network's weights (:func:`weights_fingerprint`)."""
+        return weights_fingerprint(self)
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = _check_images(images, "inception_extractor")
@@ -102,11 +129,16 @@ class DigitExtractor:
 
     name = "digit_cnn64"
     dim = 64
-    preprocessing = "digit classifier: grey, bilinear to 28x28 inside the model"
+    preprocessing = DIGIT_PREPROCESSING
 
     def __init__(self, model: torch.nn.Module, batch_size: int = 512) -> None:
         self.model = model
         self.batch_size = int(batch_size)
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """SHA-256 of the classifier's weights (:func:`weights_fingerprint`)."""
+        return weights_fingerprint(self)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -178,7 +210,88 @@ def inception_extractor(allow_download: bool = False, *, device: str | torch.dev
 
 
 def digit_extractor(*, device: str | torch.device = "cpu", batch_size: int = 512) -> DigitExtractor:
-    """The digit classifier's 64-d features (ALGORITHMS.md §1 decision (f), in-loop FID)."""
+    """The digit classifier's 64-d features (docs/algorithms.md §4, in-loop domain FID)."""
     from ray_bilevel.assets.digit_classifier import load_digit_classifier
 
     return DigitExtractor(load_digit_classifier(device), batch_size=batch_size)
+
+
+# -- weight fingerprints ---------------------------------------------------------------------
+
+#: module -> (stamp, fingerprint); the stamp (name, storage address, in-place version, dtype,
+#: shape of every state tensor) detects load_state_dict, optimizer steps and other in-place edits.
+_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def _update_with_tensor(h, name: str, t: torch.Tensor) -> None:
+    t = t.detach()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel() == 0:
+        return
+    if t.device.type != "cpu":
+        t = t.cpu()
+    h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # raw bytes, any dtype (bf16 included)
+
+
+def _module_fingerprint(module: torch.nn.Module) -> str:
+    items = sorted(module.state_dict(keep_vars=True).items())
+    stamp = tuple(
+        (k, v.data_ptr(), v._version, str(v.dtype), tuple(v.shape)) if isinstance(v, torch.Tensor) else (k, repr(v))
+        for k, v in items
+    )
+    cached = _FINGERPRINTS.get(module)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    h = hashlib.sha256(b"state_dict|")
+    for k, v in items:
+        if isinstance(v, torch.Tensor):
+            _update_with_tensor(h, k, v)
+        else:  # extra state
+            h.update(f"{k}|extra|{v!r}|".encode())
+    fp = h.hexdigest()
+    _FINGERPRINTS[module] = (stamp, fp)
+    return fp
+
+
+def weights_fingerprint(extractor) -> str:
+    """SHA-256 (hex) of a feature extractor's weights: every parameter and buffer, bytes and dtype/shape.
+
+    ``extractor`` is an ``nn.Module`` (TorchScript included: its ``state_dict``), or an object
+    whose attributes hold the weights as modules and/or tensors (e.g.
+    :class:`DigitExtractor`'s ``model``); state tensors are hashed sorted by name, attributes
+    sorted by attribute name, so the order is fixed. The device does not matter (bytes are
+    read on the CPU).
+
+    The fingerprint of a module is computed once per process and object and reused while its
+    tensors keep their storage and in-place version counters (so ``load_state_dict``,
+    ``optimizer.step()`` and ``with torch.no_grad(): p.add_(…)`` give a new fingerprint).
+    Edits through ``param.data`` bypass version counters and are not seen until a new module
+    object is fingerprinted. Cost: about 0.4 MB for the digit CNN, 95 MB for Inception.
+
+    Raises:
+        ConfigError: the extractor holds no modules or tensors (nothing to fingerprint); give it
+            its weights as a tensor or module attribute.
+
+    See docs/algorithms.md §4 (the FID statistics cache).
+    """
+    if isinstance(extractor, torch.nn.Module):
+        return _module_fingerprint(extractor)
+    try:
+        attrs = sorted(vars(extractor).items())
+    except TypeError:  # no __dict__ (slots)
+        attrs = []
+    h = hashlib.sha256(b"attributes|")
+    found = False
+    for key, value in attrs:
+        if isinstance(value, torch.nn.Module):
+            h.update(f"{key}|module|{_module_fingerprint(value)}|".encode())
+            found = True
+        elif isinstance(value, torch.Tensor):
+            _update_with_tensor(h, key, value)
+            found = True
+    if not found:
+        raise ConfigError(
+            f"feature extractor {getattr(extractor, 'name', type(extractor).__name__)!r} holds no nn.Module or tensor "
+            "attributes, so its weights cannot be fingerprinted for the FID cache; keep its weights in an attribute."
+        )
+    return h.hexdigest()
