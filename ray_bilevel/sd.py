@@ -1,6 +1,6 @@
 """Stable Diffusion v1.5 path of Application 1: Algorithm 5 on VAE latents with a CLIP text condition.
 
-ALGORITHMS.md §4.5 (released setting: ``runwayml/stable-diffusion-v1-5``, 512×512, 50 steps, CFG 7.5,
+docs/algorithms.md §2.3-§2.4 (released setting: ``runwayml/stable-diffusion-v1-5``, 512×512, 50 steps, CFG 7.5,
 batch 3, 8 rounds, seed 5, target y* = 10). The guided sampler is :func:`ray_bilevel.guidance.guided_generate`
 with ``EpsilonModel(unet, text condition, empty-prompt condition, cfg_scale)`` and the VAE decoder
 ``Dec(u) = vae.decode(u / scaling_factor)``; the reward gradient flows through the U-Net and the decoder.
@@ -108,7 +108,7 @@ def sd_guided_generate(parts: SDParts, prompt: str, reward: Callable[[torch.Tens
                        height: int = 512, width: int = 512, target: str = "fixed", y_star: float = 10.0,
                        delta: float = 1.0, reduction: str = "sum", generator: torch.Generator | None = None,
                        negative_prompt: str = "", keep_rounds: bool = False) -> GuidanceResult:
-    """Algorithm 5 on Stable Diffusion for one prompt (§4.5, §8.1): ``rounds`` rounds of ``batch_size`` images.
+    """Algorithm 5 on Stable Diffusion for one prompt (docs/algorithms.md §2.3): ``rounds`` rounds of ``batch_size`` images.
 
     ``beta`` is the guidance strength (β0/λ). The initial latents are drawn once from ``generator`` and
     reused in every round; round 0 is the unguided pre-trained sample.

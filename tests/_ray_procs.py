@@ -1,8 +1,8 @@
 """Find and kill only the Ray processes a test started (Linux /proc), never ``ray stop``.
 
 ``ray stop`` kills every Ray process of the user on the host, including other people's test
-clusters (ENVIRONMENT.md §5 gotcha 6). Tests start their Ray under a private ``--temp-dir`` (or as
-children of a driver they launched) and clean up with :func:`snapshot` + :func:`kill`:
+clusters. Tests start their Ray under a private ``--temp-dir`` (or as children of a driver they
+launched) and clean up with :func:`snapshot` + :func:`kill`:
 
 * the roots are the processes whose command line names the private temp dir (gcs_server,
   raylet, dashboard, monitors) plus any pids given (a driver);

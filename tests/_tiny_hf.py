@@ -1,4 +1,4 @@
-"""Tiny random-weight Hugging Face models for offline tests (ENVIRONMENT.md §7.2-7.3)."""
+"""Tiny random-weight Hugging Face models for offline tests (sizes as in diffusers' own tests)."""
 from __future__ import annotations
 
 import torch

@@ -3,7 +3,7 @@
 The parsing and validation tests start no Ray. The two-node cluster test (``slow``) starts a
 private head + worker with ``ray start`` under their own ``--temp-dir``, submits a job with
 ``ray job submit`` and kills only the processes it started (never ``ray stop``, which kills
-every Ray process of the user, ENVIRONMENT.md §5 gotcha 6).
+every Ray process of the user on the host).
 """
 from __future__ import annotations
 
@@ -273,7 +273,7 @@ def test_two_node_cluster_job_submit_with_token_auth(tmp_path):
         started = time.time() - t0
         # the dashboard is bound to loopback only
         assert listening_hosts(cluster.dash) == {"127.0.0.1"}
-        # a client without the token is refused, with the mode set as on the head (ENVIRONMENT.md §5)
+        # a client without the token is refused, with the mode set as on the head (Ray's token auth)
         no_token = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
         no_token["RAY_AUTH_TOKEN"] = uuid.uuid4().hex
         refused = cluster.run("job", "list", "--address", cluster.dashboard_url, env=no_token, timeout=60)

@@ -1,4 +1,4 @@
-"""λ hypergradient (Prop. 1 / eq. (33) / exact form) against ground truth: ALGORITHMS.md §4.3, §9.1, §9.2."""
+"""λ hypergradient (Prop. 1 / eq. (33) / exact form) against ground truth: docs/algorithms.md §2.1-§2.2."""
 from __future__ import annotations
 
 import math
@@ -101,7 +101,7 @@ def test_non_gaussian_toy_paper_differs_at_small_lambda_and_agrees_at_large():
         paper = lambda_hypergradient(a, b, lam, gamma, method="paper")
         assert exact == pytest.approx(exact_true, rel=rel)
         assert paper == pytest.approx(paper_true, rel=rel)
-    # ALGORITHMS.md §4.3 illustration: λ = 0.2 → 5.20 vs 3.64; λ = 0.05 → 36.9 vs 7.37 (paper vs exact)
+    # docs/algorithms.md §2.2 illustration: λ = 0.2 → 5.20 vs 3.64; λ = 0.05 → 36.9 vs 7.37 (paper vs exact)
     assert _uniform_toy_truth(0.2) == pytest.approx((3.644, 5.195), rel=1e-3)
     small = [lambda_hypergradient(a, b, 0.05, gamma, method=m) for m in ("paper", "exact")]
     large = [lambda_hypergradient(a, b, 5.0, gamma, method=m) for m in ("paper", "exact")]
@@ -143,7 +143,7 @@ def test_discrete_p_data_brute_force_penalty_problem():
 
 @pytest.mark.parametrize("gamma,expected", [(1.0, 1.125), (10.0, 0.5625), (1000.0, 0.5006)])
 def test_gaussian_example(gamma, expected):
-    """r2 ~ N(1,1), r1 = 25 + 2 r2 + N(0,1): ∇F_γ(λ) = (2 + 2.5/γ)/λ² (§4.3 table at λ = 2)."""
+    """r2 ~ N(1,1), r1 = 25 + 2 r2 + N(0,1): ∇F_γ(λ) = (2 + 2.5/γ)/λ² (docs/algorithms.md §2.2, table at λ = 2)."""
     g = torch.Generator().manual_seed(5)
     n = 1_000_000
     b = 1 + torch.randn(n, generator=g, dtype=torch.float64)
@@ -151,7 +151,7 @@ def test_gaussian_example(gamma, expected):
     lam = 2.0
     assert (2 + 2.5 / gamma) / lam**2 == pytest.approx(expected, abs=1e-4)
     assert lambda_hypergradient(a, b, lam, gamma) == pytest.approx(expected, rel=0.02)
-    # Gaussian p_data with linear rewards: (33) is exact in the γ → ∞ limit (§4.3), so the two agree at γ = 1000
+    # Gaussian p_data with linear rewards: (33) is exact in the γ → ∞ limit (docs/algorithms.md §2.2), so the two agree at γ = 1000
     if gamma == 1000.0:
         assert lambda_hypergradient(a, b, lam, gamma, method="paper") == pytest.approx(expected, rel=0.02)
 

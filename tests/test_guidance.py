@@ -1,4 +1,4 @@
-"""Algorithm 5 (gradient-guided sampling): ALGORITHMS.md §4.4, §8.1 and the checks of §9.6."""
+"""Algorithm 5 (gradient-guided sampling): docs/algorithms.md §2.3."""
 from __future__ import annotations
 
 import pytest
@@ -48,7 +48,7 @@ def test_mean_reduction_with_one_sample_equals_sum_and_scales_by_batch(tiny):
     s = guided_sample(eps1, sched, z_T[:1], 5, one, beta=2.0, reduction="sum")
     m = guided_sample(eps1, sched, z_T[:1], 5, one, beta=2.0, reduction="mean")
     assert torch.equal(s, m)
-    # released "mean" reduction = per-sample strength β/B (§4.4)
+    # released "mean" reduction = per-sample strength β/B (docs/algorithms.md §2.3)
     eps2 = _eps(unet, torch.tensor([4, 4]))
     m2 = guided_sample(eps2, sched, z_T, 5, lin, beta=2.0, reduction="mean")
     s2 = guided_sample(eps2, sched, z_T, 5, lin, beta=1.0, reduction="sum")

@@ -1,4 +1,4 @@
-"""Algorithm 6 task (noise_schedule), smoke preset: the "Done when" list of issue 3 and ALGORITHMS §9.5."""
+"""Algorithm 6 task (noise_schedule), smoke preset: the "Done when" list of issue 3 and docs/algorithms.md §3.4."""
 from __future__ import annotations
 
 import io
@@ -105,7 +105,7 @@ def test_z_warm_start_carries_y_optimizer_state_and_cooldown_freezes_q():
 
 
 def test_coordinate_zo_is_exact_on_linear_functions_and_respects_the_box():
-    from ray_bilevel.tasks.noise_schedule_parts import coordinate_zo
+    from ray_bilevel.estimators.zeroth_order import coordinate_zo
 
     a = torch.tensor([1.5, -2.0, 0.25, 3.0], dtype=torch.float64)
     calls = []

@@ -1,4 +1,4 @@
-"""The reward-λ tasks (Algorithms 2 + 5 on the shipped digits model): ALGORITHMS.md §4, §8.1, §8.2."""
+"""The reward-λ tasks (Algorithms 2 + 5 on the shipped digits model): docs/algorithms.md §2."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,8 @@ import torch
 from ray_bilevel.config import ConfigError
 from ray_bilevel.estimators.entropy_lambda import lambda_hypergradient, project_lambda
 from ray_bilevel.guidance import guided_generate
-from ray_bilevel.tasks.reward_lambda import RewardLambdaTask, WeightedSumTask, _seed
+from ray_bilevel.tasks.reward_lambda import RewardLambdaTask, WeightedSumTask
+from ray_bilevel.tasks.reward_lambda.task import _seed
 
 SMOKE = {"preset": "smoke", "seed": 0}
 

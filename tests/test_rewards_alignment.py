@@ -1,4 +1,4 @@
-"""Rewards r2 and alignment r1 of Application 1 (ALGORITHMS.md §4.7): conversions, scorers, prompt parsing."""
+"""Rewards r2 and alignment r1 of Application 1 (docs/algorithms.md §2.5): conversions, scorers, prompt parsing."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Checks of ALGORITHMS.md §9.4 for ray_bilevel.schedules (cosine (16) / sigmoid (34), both forms)."""
+"""Checks of docs/algorithms.md §3.2 for ray_bilevel.schedules (cosine (16) / sigmoid (34), both forms)."""
 from __future__ import annotations
 
 import json
@@ -58,7 +58,7 @@ def test_paper_form_terminal_values(family, q, expected):
 
 def test_chen2023_at_released_counterexample_is_noise():
     a = alphas_cumprod_from(q_of(0.4, 0.8, 1.0, 0.008), "cosine", "chen2023", 1000)
-    assert 1e-7 < float(a[-1]) < 1e-6  # ≈ 7e-7 (§5.2.2), against 0.65 in the released form
+    assert 1e-7 < float(a[-1]) < 1e-6  # ≈ 7e-7 (docs/algorithms.md §3.2), against 0.65 in the released form
 
 
 def test_ddim_default_equals_diffusers_squaredcos_cap_v2():

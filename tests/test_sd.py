@@ -1,4 +1,4 @@
-"""Stable Diffusion path of Algorithm 5 on tiny random-weight parts, offline (ALGORITHMS.md §4.5, §8.1)."""
+"""Stable Diffusion path of Algorithm 5 on tiny random-weight parts, offline (docs/algorithms.md §2.3)."""
 from __future__ import annotations
 
 import pytest

@@ -1,8 +1,8 @@
 """A small digit CNN (ours) and the loader of its shipped weights.
 
-Uses: the domain-FID feature network (64-d penultimate features, ALGORITHMS.md §1 decision (f)),
+Uses: the domain-FID feature network (64-d penultimate features, docs/algorithms.md §4),
 the "classifier Inception Score" (``metrics/inception_score.py``), the offline class-alignment
-score and the reward of Application 1 (ENVIRONMENT.md §11c/e).
+score and the reward of Application 1 (docs/algorithms.md §2.5).
 
 Input: images in [-1, 1], shape (N, 1, H, W) of any size (3-channel input is turned grey with
 ITU-R 601 luma). Inside, images are resized to 28×28 with bilinear interpolation (antialiased

@@ -3,7 +3,7 @@
 ``python -m ray_bilevel.assets.train_cond_unet`` trains a small class-conditional
 ``diffusers.UNet2DModel`` on the ``mnist5k`` train split at 16×16 with the DDPM ε-prediction loss
 (Ho et al. 2020) under the Nichol & Dhariwal cosine schedule (T = 1000, s = 0.008; the DDIM default
-(0, 1, 1, 0.008) of ALGORITHMS.md §5.2), AdamW and an EMA of the weights, with label dropout to a
+(0, 1, 1, 0.008) of docs/algorithms.md §3.2), AdamW and an EMA of the weights, with label dropout to a
 null class (index 10) so classifier-free guidance works. It writes
 ``ray_bilevel/assets/cond_unet_mnist16/`` (``config.json``, ``diffusion_pytorch_model.safetensors``,
 ``scheduler_config.json``, ``training.json``). ``--check-only`` reruns the quality check (digit

@@ -1,4 +1,4 @@
-"""Upper-level reward r1 of Application 1 (ALGORITHMS.md §4.1, §4.7): prompt alignment of generated images.
+"""Upper-level reward r1 of Application 1 (docs/algorithms.md §2.1, §2.5): prompt alignment of generated images.
 
 * :class:`ClassAlignment` — the offline default: the probability the shipped digit classifier gives the
   prompt's digit (``"a handwritten 7"`` / ``"a handwritten seven"`` → class 7, :func:`prompt_to_class`).
@@ -7,7 +7,7 @@
   from a local folder or the local Hugging Face cache, and download only with ``allow_download=True``.
 
 Both take images in [-1, 1], shape (B, C, H, W), return (B,) and are differentiable in the images (the
-weighted-sum baseline guides on them). Each has one tested conversion function (§7 item 7): the digit
+weighted-sum baseline guides on them). Each has one tested conversion function (docs/algorithms.md §6.15): the digit
 classifier's own ``prepare`` and :func:`clip_preprocess`.
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ def clip_preprocess(x: torch.Tensor, size: int = 224) -> torch.Tensor:
 
     The differentiable counterpart of ``CLIPImageProcessor`` for square images (which resizes the short
     side and centre-crops; the same thing for a square input). Inputs outside [-1, 1] raise, so a [0, 1]
-    or [0, 255] tensor is never silently misread (the released code's version-dependent bug, §4.6).
+    or [0, 255] tensor is never silently misread (the released code's version-dependent bug, docs/algorithms.md §6.15).
     """
     check_range(x)
     if x.shape[1] == 1:
@@ -118,7 +118,7 @@ def _features(out: Any) -> torch.Tensor:
 
 
 class CLIPScore(nn.Module):
-    """CLIP score ``100 · max(cos(E_img(x), E_txt(prompt)), 0)`` per image (§4.7).
+    """CLIP score ``100 · max(cos(E_img(x), E_txt(prompt)), 0)`` per image (docs/algorithms.md §2.5).
 
     Args:
         model: a ``transformers.CLIPModel``; tokenizer: its tokenizer (``CLIPTokenizer`` or fast).

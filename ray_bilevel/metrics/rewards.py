@@ -1,4 +1,4 @@
-"""Lower-level rewards r2 of Application 1 (ALGORITHMS.md §4.1, §4.7): differentiable image → (B,) scores.
+"""Lower-level rewards r2 of Application 1 (docs/algorithms.md §2.1, §2.5): differentiable image → (B,) scores.
 
 * :class:`InkReward` — the offline default: stroke boldness, the mean ink of an image in percent. Moderately
   rewarded it prefers bold, well-formed digits; over-optimised it floods the canvas with ink and destroys the
@@ -9,7 +9,7 @@
   is random and the instance says so (``weights == "random"``).
 
 Every scorer takes images in **[-1, 1]**, shape (B, C, H, W), and has one tested conversion function
-(§7 item 7): :func:`ink_preprocess` and :func:`resnet_preprocess`.
+(docs/algorithms.md §6.15): :func:`ink_preprocess` and :func:`resnet_preprocess`.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from ray_bilevel.config import ConfigError
 __all__ = ["check_range", "ink_preprocess", "InkReward", "resnet_preprocess", "ResNetReward", "CLIP_MEAN", "CLIP_STD",
            "RESNET18_IMAGENET_FILE"]
 
-#: CLIP normalisation (the released reward model normalises with these, not ImageNet's; §4.7).
+#: CLIP normalisation (the released reward model normalises with these, not ImageNet's; docs/algorithms.md §2.5).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: File name of torchvision's ImageNet ResNet-18 weights in the torch hub cache.
@@ -71,7 +71,7 @@ class InkReward(nn.Module):
 def resnet_preprocess(x: torch.Tensor, size: int = 224) -> torch.Tensor:
     """[-1, 1] images → ``((x+1)/2).clamp(0,1)`` → RGB → bilinear (antialiased) resize to ``size`` → CLIP-normalised.
 
-    This is the released reward model's input pipeline (§4.7) without its double rescaling bug (§4.6).
+    This is the released reward model's input pipeline (docs/algorithms.md §2.5) without its double rescaling bug (§6.15).
     """
     check_range(x)
     if x.shape[1] == 1:
@@ -98,7 +98,7 @@ def _find_imagenet_weights(path: str | os.PathLike | None) -> Path | None:
 
 
 class ResNetReward(nn.Module):
-    """The synthetic reward of §4.7: ResNet-18 backbone, ``fc = Linear(512, 1)`` with a seeded random init.
+    """The synthetic reward of docs/algorithms.md §2.5: ResNet-18 backbone, ``fc = Linear(512, 1)`` with a seeded random init.
 
     Args:
         weights_path: ImageNet ResNet-18 ``.pth`` (state dict); ``None`` looks in the torch hub cache and
