@@ -67,7 +67,7 @@ def resolve(
         raise ConfigError(
             f"unknown preset {preset!r}; choose one of {sorted(presets)}." + _suggest(str(preset), list(presets))
         )
-    hints = _hints(cls)
+    hints = _hints(cls)  # type: ignore[arg-type]  # mypy does not see that type[T] is Hashable
     values: dict[str, Any] = dict(presets[preset])
     for key, value in config.items():
         if key in RESERVED_KEYS:
@@ -81,10 +81,10 @@ def resolve(
     return cls(**{key: _check(key, value, hints[key]) for key, value in values.items()})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     """Each field's annotation, evaluated (the task modules use ``from __future__ import annotations``)."""
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    fields = dataclasses.fields(cls)
     try:
         hints = typing.get_type_hints(cls)
     except (NameError, TypeError, SyntaxError):  # e.g. a name imported under TYPE_CHECKING: check the plain types only

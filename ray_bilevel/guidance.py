@@ -150,6 +150,7 @@ def guided_sample(eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     for t in scheduler.timesteps:
         a_t = acp[int(t)].to(z.dtype)
         if guided:
+            assert lin is not None  # implied by guided; narrows the type for mypy
             with torch.enable_grad():
                 zg = z.detach().requires_grad_(True)
                 eps = eps_model(scheduler.scale_model_input(zg, t), t)

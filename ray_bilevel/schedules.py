@@ -320,7 +320,7 @@ class NoiseSchedule(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "NoiseSchedule":
+    def from_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
         known = {"family", "parameterisation", "T", "clip_min", "bounds", *NAMES}
         unknown = sorted(set(config) - known)
         if unknown:

@@ -55,7 +55,7 @@ def load_sd(name_or_path: str | os.PathLike = SD15, allow_download: bool = False
 
     if scheduler not in ("ddim", "default"):
         raise ConfigError(f"scheduler must be 'ddim' or 'default', got {scheduler!r}.")
-    kw = {"local_files_only": not allow_download or os.path.isdir(name_or_path)}
+    kw: dict[str, Any] = {"local_files_only": not allow_download or os.path.isdir(name_or_path)}
     try:
         unet = UNet2DConditionModel.from_pretrained(name_or_path, subfolder="unet", torch_dtype=torch_dtype, **kw)
         vae = AutoencoderKL.from_pretrained(name_or_path, subfolder="vae", torch_dtype=torch_dtype, **kw)
@@ -68,7 +68,7 @@ def load_sd(name_or_path: str | os.PathLike = SD15, allow_download: bool = False
 
             config = DDIMScheduler.load_config(name_or_path, subfolder="scheduler", **kw)
             sched = getattr(diffusers, config["_class_name"]).from_config(config)
-    except (OSError, EnvironmentError) as exc:
+    except OSError as exc:
         if allow_download:
             raise
         raise FileNotFoundError(
@@ -76,7 +76,8 @@ def load_sd(name_or_path: str | os.PathLike = SD15, allow_download: bool = False
             "(Hugging Face Hub, about 4 GB) or the path of a folder saved with StableDiffusionPipeline.save_pretrained."
         ) from exc
     for module in (unet, vae, text_encoder):
-        module.to(device).eval().requires_grad_(False)
+        # transformers' decorator on PreTrainedModel.to hides its signature from mypy
+        module.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     return SDParts(unet, vae, text_encoder, tokenizer, sched)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import re
 import warnings
 from collections.abc import Callable
@@ -145,8 +144,8 @@ def fid_stats(d: int, fill: float | None = None) -> Any:
 
 
 def make_searcher(**kw: Any) -> Any:
-    from ray_bilevel.tune.searchers import make_searcher as make
     from ray_bilevel.tasks import get_task
+    from ray_bilevel.tune.searchers import make_searcher as make
 
     return make(space=get_task("noise_schedule").search_space(), **kw)
 

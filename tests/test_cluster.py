@@ -166,9 +166,9 @@ def test_init_ray_without_a_cluster_names_the_fix(tmp_path):
         "import functools\nimport ray._private.services as s\n"
         "s.find_gcs_addresses = functools.lru_cache()(lambda: [])\n"
         "import ray_bilevel.tune.cluster as c\n"
-        "try:\n    c.init_ray('auto', _temp_dir=%r)\n"
+        f"try:\n    c.init_ray('auto', _temp_dir={str(tmp_path)!r})\n"
         "except c.ConfigError as e:\n    print('ERR', e)\n"
-    ) % str(tmp_path)
+    )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("ERR")]

@@ -23,7 +23,7 @@ class Kinds:
     flag: bool = False
     name: str = "a"
     maybe: float | None = None
-    old_optional: Optional[int] = None  # noqa: UP007 (the typing spelling must work too)
+    old_optional: Optional[int] = None  # noqa: UP045 (the typing spelling must work too)
     widths: tuple = (8, 16)
     ints: tuple[int, ...] = (1, 2)
     floats: tuple[float, ...] = (0.5,)

@@ -39,7 +39,7 @@ def _clip_like(lam: float, n: int = 64, seed: int = 0) -> tuple[torch.Tensor, to
 def test_exact_equals_finite_difference_of_penalty_value(lam, gamma):
     a, b = _clip_like(lam)
     grad = lambda_hypergradient(a, b, lam, gamma)
-    fd = _fd(lambda l: penalty_value(a, b, l, gamma), lam)
+    fd = _fd(lambda lam_: penalty_value(a, b, lam_, gamma), lam)
     assert math.isfinite(grad)
     assert grad == pytest.approx(fd, rel=1e-4)
 
@@ -55,7 +55,7 @@ def test_no_overflow_with_unscaled_clip_rewards(lam):
     assert math.isfinite(penalty_value(a, b, lam, 1.0))
     assert naive_overflows or lam > 1
     # w* is (numerically) a point mass at λ = 0.01: the gradient is ~0 there, and FD agrees in absolute terms
-    fd = _fd(lambda l: penalty_value(a, b, l, 1.0), lam)
+    fd = _fd(lambda lam_: penalty_value(a, b, lam_, 1.0), lam)
     assert lambda_hypergradient(a, b, lam, 1.0) == pytest.approx(fd, rel=1e-4, abs=1e-6)
 
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny_hf import tiny_sd_parts
 
 from ray_bilevel.metrics.rewards import InkReward, ResNetReward
 from ray_bilevel.sd import SDParts, encode_prompt, load_sd, sd_guided_generate
+
+from _tiny_hf import tiny_sd_parts
 
 
 @pytest.fixture(scope="module")

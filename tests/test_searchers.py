@@ -9,8 +9,8 @@ import pytest
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from ray_bilevel.config import ConfigError
 from ray_bilevel import space as spaces
+from ray_bilevel.config import ConfigError
 from ray_bilevel.tasks.noise_schedule import search_space as noise_schedule_space
 from ray_bilevel.tasks.reward_lambda.settings import lambda_space
 from ray_bilevel.tune.searchers import GreedyGridSearcher, SkoptSearcher, initial_points, make_searcher

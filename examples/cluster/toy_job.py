@@ -24,7 +24,13 @@ from ray import tune
 from ray_bilevel import BilevelTrainable
 from ray_bilevel.config import ConfigError
 from ray_bilevel.tasks.toy import ToyTask
-from ray_bilevel.tune.cluster import check_resources_fit, format_resources, init_ray, parse_resources, validate_storage_path
+from ray_bilevel.tune.cluster import (
+    check_resources_fit,
+    format_resources,
+    init_ray,
+    parse_resources,
+    validate_storage_path,
+)
 
 NAME = "toy_job"
 

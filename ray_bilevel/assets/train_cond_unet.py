@@ -65,6 +65,7 @@ def _train_data() -> tuple[torch.Tensor, torch.Tensor]:
     from ray_bilevel.data import load_images
 
     data = load_images("mnist5k", image_size=IMAGE_SIZE, split="train")  # seeded 80 % split (split_seed 0)
+    assert data.labels is not None  # mnist5k is labelled
     return data.images.float(), data.labels.long()
 
 

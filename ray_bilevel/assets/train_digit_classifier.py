@@ -72,6 +72,7 @@ def train(
     tr = load_images("mnist5k", split="train", heldout_fraction=0.2, split_seed=0)
     ho28 = load_images("mnist5k", split="heldout", heldout_fraction=0.2, split_seed=0)
     ho16 = load_images("mnist5k", split="heldout", heldout_fraction=0.2, split_seed=0, image_size=16)
+    assert tr.labels is not None and ho28.labels is not None and ho16.labels is not None  # mnist5k is labelled
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # parameter initialisation only

@@ -59,7 +59,7 @@ def zo_gradient(
     x = x.detach()
     grad = torch.zeros_like(x)
     result = ZOResult(grad=grad)
-    for j in range(directions):
+    for _ in range(directions):
         v = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
         f_plus = float(f(x + mu * v))
         f_minus = float(f(x - mu * v))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from torch import nn
 
 from ray_bilevel.config import ConfigError
 from ray_bilevel.metrics.rewards import CLIP_MEAN, CLIP_STD, check_range
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
 
 __all__ = ["prompt_to_class", "class_prompt", "ClassAlignment", "clip_preprocess", "CLIPScore", "DIGIT_WORDS"]
 
@@ -127,11 +130,12 @@ class CLIPScore(nn.Module):
     name = "clip_score"
     DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 
-    def __init__(self, model: nn.Module, tokenizer: Any) -> None:
+    def __init__(self, model: CLIPModel, tokenizer: Any) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.size = int(model.config.vision_config.image_size)
+        # transformers types CLIPConfig.vision_config as dict | CLIPVisionConfig | None (it is a config once built)
+        self.size = int(model.config.vision_config.image_size)  # type: ignore[union-attr, arg-type]
         self._text_cache: dict[str, torch.Tensor] = {}
 
     @classmethod

@@ -32,12 +32,15 @@ import os
 import warnings
 import weakref
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
 from ray_bilevel.config import ConfigError
+
+if TYPE_CHECKING:
+    from ray_bilevel.assets.digit_classifier import DigitClassifier
 
 __all__ = [
     "FeatureExtractor",
@@ -131,7 +134,7 @@ class DigitExtractor:
     dim = 64
     preprocessing = DIGIT_PREPROCESSING
 
-    def __init__(self, model: torch.nn.Module, batch_size: int = 512) -> None:
+    def __init__(self, model: DigitClassifier, batch_size: int = 512) -> None:
         self.model = model
         self.batch_size = int(batch_size)
 
@@ -220,7 +223,7 @@ def digit_extractor(*, device: str | torch.device = "cpu", batch_size: int = 512
 
 #: module -> (stamp, fingerprint); the stamp (name, storage address, in-place version, dtype,
 #: shape of every state tensor) detects load_state_dict, optimizer steps and other in-place edits.
-_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
 
 
 def _update_with_tensor(h, name: str, t: torch.Tensor) -> None:

@@ -24,6 +24,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,7 +146,7 @@ def images_fingerprint(images: torch.Tensor) -> str:
     if t.numel():
         if t.device.type != "cpu":
             t = t.cpu()
-        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]  # ndarray is a Buffer
     return h.hexdigest()
 
 
@@ -197,7 +198,7 @@ class FIDEvaluator:
         self.extractor = extractor
         self.batch_size = int(batch_size)
         self.shrinkage = shrinkage
-        self.key_parts = {
+        self.key_parts: dict[str, Any] = {
             "version": _STATS_VERSION,
             "extractor": str(extractor.name),
             "dim": int(extractor.dim),

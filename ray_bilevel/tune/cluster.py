@@ -217,7 +217,8 @@ def init_ray(
         options: dict[str, Any] = {"include_dashboard": include_dashboard, "log_to_driver": log_to_driver}
         if include_dashboard:
             options["dashboard_host"] = kwargs.pop("dashboard_host", "127.0.0.1")
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env or None, **options, **kwargs)
+        # Ray annotates num_cpus/num_gpus as int; this function passes on any number >= 0 it validated above
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=env or None, **options, **kwargs)  # type: ignore[arg-type]
         return "local"
 
     ignored = [f"{n}={v}" for n, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)) if v is not None]

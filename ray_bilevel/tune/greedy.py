@@ -101,7 +101,7 @@ class GreedyGridSearcher(PickledStateMixin, Searcher):
                 self._queue = queue
                 return
 
-    def suggest(self, trial_id: str) -> dict[str, float] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, float] | str | None:  # type: ignore[override]  # Ray says Optional[Dict], but its Searcher.FINISHED is a str
         if not self._metric or not self._mode:
             raise RuntimeError(f"{type(self).__name__} needs `metric` and `mode`: pass them here or to tune.TuneConfig.")
         while True:

@@ -23,12 +23,15 @@ import difflib
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray_bilevel.config import ConfigError
 from ray_bilevel.tune.greedy import GreedyGridSearcher
 from ray_bilevel.tune.skopt_searcher import SkoptSearcher
 from ray_bilevel.tune.spaces import SearchSpace, as_space, greedy_grids, grid_values, skopt_dimensions, tune_domains
+
+if TYPE_CHECKING:
+    from ray.tune.search import Searcher
 
 __all__ = ["SkoptSearcher", "GreedyGridSearcher", "SearchPlan", "make_searcher", "METHODS", "initial_points"]
 
@@ -127,15 +130,15 @@ def make_searcher(
         return SearchPlan(name, generator, tune_domains(space), n, n)
 
     if name == "greedy":
-        searcher = GreedyGridSearcher(
+        greedy = GreedyGridSearcher(
             greedy_grids(space, num_samples), space.defaults(), order=space.names, metric=metric, mode=mode, **kwargs
         )
-        return SearchPlan(name, searcher, {}, searcher.total_trials, searcher.total_trials, searcher)
+        return SearchPlan(name, greedy, {}, greedy.total_trials, greedy.total_trials, greedy)
 
     if name == "bayes":
         kwargs.setdefault("acq_func", space.acq_func)
         kwargs.setdefault("n_initial_points", initial_points(n))
-        searcher = SkoptSearcher(skopt_dimensions(space), metric, mode, n_calls=n, random_state=seed, **kwargs)
+        searcher: Searcher = SkoptSearcher(skopt_dimensions(space), metric, mode, n_calls=n, random_state=seed, **kwargs)
     else:  # tpe
         from ray.tune.search.hyperopt import HyperOptSearch
 
@@ -143,7 +146,7 @@ def make_searcher(
         searcher = HyperOptSearch(
             HyperOptSearch.convert_search_space(tune_domains(space)), metric, mode, random_state_seed=seed, **kwargs
         )
-    search_alg = searcher
+    search_alg: Searcher = searcher
     if max_concurrent:
         from ray.tune.search import ConcurrencyLimiter
 

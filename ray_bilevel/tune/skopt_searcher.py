@@ -182,7 +182,7 @@ class SkoptSearcher(PickledStateMixin, Searcher):
         self._mode = self._mode or mode
         return True
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # Ray says Optional[Dict], but its Searcher.FINISHED is a str
         if self._opt is None:
             raise RuntimeError(UNDEFINED_SPACE.format(cls=type(self).__name__))
         if not self._metric or not self._mode:
