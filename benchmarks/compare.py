@@ -28,8 +28,11 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--task", default="all", help="noise_schedule, reward_lambda, all (both; default), or any registered task")
     p.add_argument("--preset", default="quick", choices=("smoke", "quick", "paper"), help="task preset (default quick)")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(GENERIC_METHODS)} or a task's own baseline (e.g. weighted_sum for reward_lambda); default: the task's baselines (quick: the paper's baselines + default + bilevel)")
-    p.add_argument("--trials", type=int, default=None, help="trials per searcher method (default: the preset's budget)")
+    p.add_argument("--trials", default=None, help="trials per searcher method: a number, or 'paper' for the paper's "
+                   "budgets (the space's Bayesian n_calls: 15 noise schedule, 20 lambda); default: the preset's budget")
     p.add_argument("--seed", type=int, default=0, help="seed of every task and searcher (default 0)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2: every method runs once per seed "
+                   "(task and searcher seed); the table shows mean ± 95%% interval and paired differences")
     p.add_argument("--address", default=None, help="Ray cluster to join ('auto', host:port, ray://...); default: a private local instance")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local instance (default: all); ignored with --address")
     p.add_argument("--resources-per-trial", default="cpu=1", help="e.g. cpu=1,gpu=0.5 (default cpu=1)")
@@ -42,8 +45,22 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     a = p.parse_args(argv)
     tasks = list(TASKS) if a.task == "all" else [t.strip() for t in a.task.split(",") if t.strip()]
     methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
+    trials: int | str | None = None
+    if a.trials is not None:
+        if a.trials == "paper":
+            trials = "paper"
+        elif a.trials.isdigit():
+            trials = int(a.trials)
+        else:
+            raise ConfigError(f"--trials takes a positive integer or 'paper', got {a.trials!r}.")
+    seeds = None
+    if a.seeds:
+        try:
+            seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds takes comma-separated integers such as 0,1,2, got {a.seeds!r}.") from None
     return BenchmarkConfig(
-        tasks=tasks, preset=a.preset, methods=methods, trials=a.trials, seed=a.seed, address=a.address,
+        tasks=tasks, preset=a.preset, methods=methods, trials=trials, seed=a.seed, seeds=seeds, address=a.address,
         num_cpus=a.num_cpus, resources=parse_resources(a.resources_per_trial), storage_path=a.storage_path,
         out=a.out, resume=a.resume, overrides=parse_key_values(a.set), verbose=a.verbose, plots=not a.no_plots,
     )

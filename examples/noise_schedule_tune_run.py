@@ -39,11 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     config = {"task": "noise_schedule", "preset": args.preset, "seed": args.seed, "family": args.family,
               "parameterisation": args.parameterisation}
     config["iterations_per_step"] = args.iterations_per_step
+    config["test_at_end"] = True  # the last report adds the test-split metrics (fid, is, fid_domain)
     init_ray(args.address, num_cpus=None)
     analysis = tune.run(
         BilevelTrainable,
         config=config,
-        metric="fid_domain",
+        metric="fid_domain_val",  # select on validation; test values come with test_at_end
         mode="min",
         stop={"done": True},
         storage_path=args.storage_path,

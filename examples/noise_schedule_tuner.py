@@ -31,7 +31,7 @@ def fit(trainable, param_space: dict, name: str, storage: str | None) -> tune.Re
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric="fid_domain", mode="min", reuse_actors=True),
+        tune_config=tune.TuneConfig(metric="fid_domain_val", mode="min", reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage, stop={"done": True}, verbose=0),
     )
     return tuner.fit()
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     init_ray(args.address)
     # two outer steps per Tune iteration (each iteration ends with an evaluation); the fixed trials take as many
     # iterations and the same number of lower-level steps
-    base = {"task": "noise_schedule", "preset": args.preset, "seed": args.seed, "iterations_per_step": 2}
+    base = {"task": "noise_schedule", "preset": args.preset, "seed": args.seed, "iterations_per_step": 2,
+            "test_at_end": True}  # selection on fid_domain_val; the test metrics are reported at the end
 
     runs = {
         "bilevel": fit(BilevelTrainable, base, "noise_schedule_bilevel", args.storage_path),

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--storage-path", default=None, help="absolute folder or URI for results and checkpoints")
     args = p.parse_args(argv)
 
-    config = {"task": "reward_lambda", "preset": args.preset, "seed": args.seed}
+    config = {"task": "reward_lambda", "preset": args.preset, "seed": args.seed, "test_at_end": True}
     if args.prompt is not None:
         config["prompt"] = args.prompt
     if args.lam is not None:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     analysis = tune.run(
         BilevelTrainable,
         config=config,
-        metric="alignment",
+        metric="alignment_val",  # select on validation; test values come with test_at_end
         mode="max",
         storage_path=args.storage_path,
         checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True),

@@ -32,7 +32,7 @@ def fit(trainable, param_space: dict, name: str, storage: str | None) -> tune.Re
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric="alignment", mode="max", reuse_actors=True),
+        tune_config=tune.TuneConfig(metric="alignment_val", mode="max", reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
     )
     return tuner.fit()
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--storage-path", default=None)
     args = p.parse_args(argv)
     init_ray(args.address)
-    base = {"preset": args.preset, "seed": args.seed}
+    base = {"preset": args.preset, "seed": args.seed, "test_at_end": True}  # selection on alignment_val; test at the end
 
     runs = {
         "bilevel": fit(BilevelTrainable, {"task": "reward_lambda", **base}, "reward_lambda_bilevel", args.storage_path),

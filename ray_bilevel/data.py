@@ -50,7 +50,7 @@ __all__ = ["ImageData", "load_images", "DATASETS", "SPLITS", "RESIZE_MODES", "re
 
 #: Named datasets; anything else must be a path to a folder of images or an .npz file.
 DATASETS = ("mnist5k", "digits", "mnist")
-SPLITS = ("all", "train", "heldout")
+SPLITS = ("all", "train", "heldout", "val", "test")
 RESIZE_MODES = ("resize", "pad")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _MNIST5K_FILE = "mnist5k_v1.npy"
@@ -94,7 +94,8 @@ def load_images(
         image_size: output side length; ``None`` keeps the native size.
         resize: ``"resize"`` (bilinear with antialiasing, i.e. area-like when shrinking) or
             ``"pad"`` (centred padding with the background value -1; the image must fit).
-        split: ``"all"``, ``"train"`` or ``"heldout"``.
+        split: ``"all"``, ``"train"``, ``"heldout"``, or one of its two disjoint halves ``"val"`` (what tuning
+            may read: hypergradients, ZO probes, searchers' selection) and ``"test"`` (reporting only).
         heldout_fraction: fraction held out, in (0, 1).
         split_seed: seed of the split permutation.
         root: folder holding torchvision's ``MNIST/raw`` files (``dataset="mnist"`` only).
@@ -116,6 +117,7 @@ def load_images(
         raise ConfigError(f"channels must be 1, 3 or None, got {channels!r}.")
 
     key = str(dataset)
+    labels: torch.Tensor | None  # a folder of images has none
     if key == "mnist":
         images, labels, base = _load_mnist_torchvision(root, download, split)
     else:
@@ -145,11 +147,18 @@ def split_indices(n: int, split: str, heldout_fraction: float, split_seed: int) 
     """Indices of ``split`` among ``n`` items: a ``split_seed``-seeded permutation, held-out first."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(split_seed)))
     n_held = int(round(n * heldout_fraction))
-    if not 0 < n_held < n:
+    if not 1 < n_held < n:
         raise ConfigError(
             f"heldout_fraction={heldout_fraction} leaves an empty split of {n} images; pick a fraction nearer 0.5."
         )
+    if split in ("val", "test"):  # the held-out part's first half is validation, the second test
+        return perm[: n_held // 2] if split == "val" else perm[n_held // 2 : n_held]
     return perm[:n_held] if split == "heldout" else perm[n_held:]
+
+
+def _halves(n: int, seed: int) -> dict[str, torch.Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return {"val": perm[: n // 2], "test": perm[n // 2 :]}
 
 
 def resize_images(images: torch.Tensor, image_size: int, mode: str = "resize") -> torch.Tensor:
@@ -228,7 +237,7 @@ def _load_mnist_torchvision(root, download: bool, split: str) -> tuple[torch.Ten
     from torchvision.datasets import MNIST
 
     folder = str(root) if root is not None else str(cache_dir() / "torchvision")
-    parts = {"train": [True], "heldout": [False], "all": [True, False]}[split]
+    parts = {"train": [True], "all": [True, False]}.get(split, [False])  # heldout, val, test: MNIST's test set
     images, labels = [], []
     for train in parts:
         try:
@@ -240,7 +249,11 @@ def _load_mnist_torchvision(root, download: bool, split: str) -> tuple[torch.Ten
         images.append(ds.data.unsqueeze(1))
         labels.append(ds.targets.long())
     name = "mnist" if split == "all" else f"mnist[{split}]"
-    return _uint8_to_unit(torch.cat(images)), torch.cat(labels), name
+    x, y = _uint8_to_unit(torch.cat(images)), torch.cat(labels)
+    if split in ("val", "test"):  # halves of MNIST's test set, by a fixed permutation
+        idx = _halves(len(x), 0)[split]
+        x, y = x[idx], y[idx]
+    return x, y, name
 
 
 def _load_path(key: str, image_size: int | None, resize: str) -> tuple[torch.Tensor, torch.Tensor | None, str]:
@@ -327,6 +340,8 @@ def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def _array_to_unit(arr: np.ndarray, path: Path) -> torch.Tensor:
     """Map an integer (0..255) or float ([0,1] or [-1,1]) array to float32 in [-1, 1]."""
+    lo: float
+    hi: float
     if np.issubdtype(arr.dtype, np.integer):
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 255:

@@ -18,7 +18,8 @@ from typing import Any
 
 from ray_bilevel.config import ConfigError
 
-__all__ = ["Param", "SearchSpace", "Budget", "TaskMethod", "DEFAULT_BUDGETS", "grid_values", "greedy_grids"]
+__all__ = ["Param", "SearchSpace", "Budget", "TaskMethod", "DEFAULT_BUDGETS", "grid_values", "greedy_grids",
+           "dense_points"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,3 +172,23 @@ def greedy_grids(space: SearchSpace, budget: int | None = None) -> dict[str, lis
         if not progressed:
             break
     return {name: grids[name][: take[name]] for name in grids}
+
+
+def dense_points(space: SearchSpace, n_1d: int = 13, n_first: int = 9, n_slice: int = 3) -> list[dict[str, float]]:
+    """An oracle sweep of ``space``: ``n_1d`` evenly (log-)spaced values of a 1-D space; otherwise ``n_first``
+    values of the first parameter at the others' defaults plus an ``n_slice`` × ``n_slice`` grid of the first two
+    (the others at their defaults). Points are unique, in order."""
+    defaults = space.defaults()
+    first = space.params[0]
+    spread = dataclasses.replace(first, grid=())
+    if len(space.params) == 1:
+        return [{first.name: v} for v in grid_values(spread, n_1d)]
+    points = [{**defaults, first.name: v} for v in grid_values(spread, n_first)]
+    second = dataclasses.replace(space.params[1], grid=())
+    for a in grid_values(spread, n_slice):
+        for b in grid_values(second, n_slice):
+            points.append({**defaults, first.name: a, second.name: b})
+    unique: dict[tuple, dict[str, float]] = {}
+    for p in points:
+        unique.setdefault(tuple(sorted(p.items())), p)
+    return list(unique.values())

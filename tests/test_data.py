@@ -135,7 +135,7 @@ def test_mnist_needs_root_or_download(tmp_path):
     [
         ({"dataset": "mnist5"}, r"unknown dataset 'mnist5'.*mnist5k"),
         ({"dataset": "/no/such/dir"}, "does not exist"),
-        ({"split": "test"}, "unknown split"),
+        ({"split": "testing"}, "unknown split"),
         ({"heldout_fraction": 0.0}, r"heldout_fraction must be in \(0, 1\)"),
         ({"heldout_fraction": 1.5}, r"heldout_fraction must be in \(0, 1\)"),
         ({"resize": "crop"}, "unknown resize mode"),

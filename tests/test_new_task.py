@@ -120,7 +120,8 @@ def _pickle_this_module_by_value():
 def test_the_task_declares_what_the_harness_needs():
     from ray_bilevel.benchmark.methods import methods_for
 
-    assert LineTask.methods() == ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt", "shifted_grid")
+    assert LineTask.methods() == ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt", "dense",
+                                 "shifted_grid")
     assert methods_for(LineTask) == LineTask.baselines
     assert LineTask.metric_mode("distance") == "min" and LineTask.metric_mode("upper") == "min"
 

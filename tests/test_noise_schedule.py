@@ -191,10 +191,12 @@ def test_evaluate_final_reports_and_export(tmp_path):
     task = smoke(seed=0)
     for _ in range(task.outer_budget):
         task.hyper_step()
-    out = task.evaluate(final=True)
-    for key in ("fid_domain", "fid", "is", "abar_t10", "abar_t50", "abar_t90"):
+    assert set(task.evaluate(final=True)) == {"fid_domain_val", "abar_t10", "abar_t25", "abar_t50", "abar_t75",
+                                              "abar_t90"}  # tuning reads validation values only
+    out = task.evaluate_test()
+    for key in ("fid_domain", "fid", "is", "fid_domain_val", "fid_val", "is_val", "abar_t10", "abar_t50", "abar_t90"):
         assert key in out and math.isfinite(out[key]), key
-    assert 1.0 <= out["is"] <= 10.0 and out["fid"] > 0
+    assert 1.0 <= out["is"] <= 10.0 and out["fid"] > 0 and out["fid_domain"] != out["fid_domain_val"]
     task.export(str(tmp_path))
     from diffusers import DDIMScheduler
 
@@ -241,5 +243,6 @@ def test_tune_run_smoke_completes_offline(ray_local, tmp_path):
     analysis = tune.run(BilevelTrainable, config={"task": "noise_schedule", "preset": "smoke", "seed": 0},
                         stop={"training_iteration": 2}, storage_path=str(tmp_path), verbose=0)
     last = analysis.trials[0].last_result
-    for key in ("fid_domain", "start", "end", "tau", "eps", "abar_t50", "hypergrad_norm", "lower_loss", "samples_seen"):
+    for key in ("fid_domain_val", "start", "end", "tau", "eps", "abar_t50", "hypergrad_norm", "lower_loss", "samples_seen",
+                "cpu_s"):
         assert key in last, key

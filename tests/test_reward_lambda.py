@@ -52,12 +52,12 @@ def test_lower_steps_are_algorithm_5_round_by_round():
     for j in range(c.repeats):
         ref = guided_generate(be.eps_model(c.guide_batch), be.scheduler, be.r2, (c.guide_batch, 1, 16, 16),
                               beta=c.beta0 / 0.5, rounds=c.rounds, steps=c.steps, target=c.target, y_star=c.y_star,
-                              delta=c.delta, z_T=be.noise(c.guide_batch, _seed(c.eval_seed, "guide", j)))
+                              delta=c.delta, z_T=be.noise(c.guide_batch, _seed(c.eval_seed, c.seed, "val", "guide", j)))
         assert torch.equal(ref.images, images[j * c.guide_batch:(j + 1) * c.guide_batch])
     report = task.evaluate()
     assert report["guided_images"] == len(images)
-    assert report["alignment"] == pytest.approx(float(be.score(be.r1, images).mean()))
-    assert {"fid_domain", "fid_domain_real"} <= set(report)
+    assert report["alignment_val"] == pytest.approx(float(be.score(be.r1, images).mean()))
+    assert {"fid_domain_val", "fid_domain_real_val"} <= set(report)
 
 
 def test_evaluate_between_lambda_steps_is_the_tilted_reference():
@@ -66,9 +66,9 @@ def test_evaluate_between_lambda_steps_is_the_tilted_reference():
     ref = task._reference()
     w = torch.softmax(ref["r2"] / 3.0, 0)
     assert report["guided_images"] == 0.0
-    assert report["alignment"] == pytest.approx(float((w * ref["r1"]).sum()))
-    assert report["reward"] == pytest.approx(float((w * ref["r2"]).sum()))
-    assert report["alignment_pretrained"] == pytest.approx(float(ref["r1"].mean()))
+    assert report["alignment_val"] == pytest.approx(float((w * ref["r1"]).sum()))
+    assert report["reward_val"] == pytest.approx(float((w * ref["r2"]).sum()))
+    assert report["alignment_pretrained_val"] == pytest.approx(float(ref["r1"].mean()))
 
 
 def test_final_evaluation_generates_at_the_learned_lambda():
@@ -76,7 +76,7 @@ def test_final_evaluation_generates_at_the_learned_lambda():
     task.hyper_step()
     report = task.evaluate(final=True)
     assert report["guided_images"] == task.cfg.guide_batch * task.cfg.repeats
-    assert report["lam"] == task.lam and "fid_domain" in report
+    assert report["lam"] == task.lam and "fid_domain_val" in report
 
 
 def test_weighted_sum_zero_weight_is_reward_lambda_and_state_round_trip():
@@ -118,13 +118,13 @@ def test_trade_off_on_the_embedded_model():
         for _ in range(task.lower_budget):
             task.lower_step()
         rows[lam] = task.evaluate()
-    assert rows[0.01]["reward"] > rows[1.0]["reward"] + 5 > rows[100.0]["reward"] + 10
-    assert rows[0.01]["alignment"] < rows[100.0]["alignment"] - 30
+    assert rows[0.01]["reward_val"] > rows[1.0]["reward_val"] + 5 > rows[100.0]["reward_val"] + 10
+    assert rows[0.01]["alignment_val"] < rows[100.0]["alignment_val"] - 30
     # λ = 100 is (almost) the pre-trained model from the same noise: β = β0/λ = 1e-4
     be, c = task.backend, task.cfg
-    plain = be.sample(be.noise(c.guide_batch, _seed(c.eval_seed, "guide", 0)))
-    assert rows[100.0]["alignment"] > 80
-    assert abs(rows[100.0]["reward"] - float(be.score(be.r2, plain).mean())) < 1.0
+    plain = be.sample(be.noise(c.guide_batch, _seed(c.eval_seed, c.seed, "val", "guide", 0)))
+    assert rows[100.0]["alignment_val"] > 80
+    assert abs(rows[100.0]["reward_val"] - float(be.score(be.r2, plain).mean())) < 1.0
 
 
 def test_hypergradient_points_to_less_ink_where_ink_costs_alignment():

@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
-from _tiny_hf import byte_tokenizer, tiny_sd_parts
 
 from ray_bilevel.tasks.reward_lambda import RewardLambdaTask, WeightedSumTask
+
+from _tiny_hf import byte_tokenizer, tiny_sd_parts
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +47,9 @@ def test_bilevel_and_fixed_trials_on_tiny_stable_diffusion(folders):
     report = task.hyper_step()
     assert math.isfinite(report["hypergrad"]) and task.lam >= task.cfg.lam_min
     final = task.evaluate(final=True)
-    assert final["guided_images"] == 2 and 0 <= final["alignment"] <= 100 and math.isfinite(final["reward"])
+    assert final["guided_images"] == 2 and 0 <= final["alignment_val"] <= 100 and math.isfinite(final["reward_val"])
     assert task._guided_images().shape == (2, 3, 32, 32)
     ws = WeightedSumTask(_config(folders, w=0.5))
     for _ in range(ws.lower_budget):
         ws.lower_step()
-    assert math.isfinite(ws.evaluate()["alignment"])
+    assert math.isfinite(ws.evaluate()["alignment_val"])

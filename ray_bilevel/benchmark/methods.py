@@ -17,6 +17,7 @@ tpe            FixedHyperTrainable + Ray's HyperOptSearch
 greedy         FixedHyperTrainable + :class:`~ray_bilevel.tune.GreedyGridSearcher`
 pbt            FixedHyperTrainable population + Tune's PopulationBasedTraining (hyperparameters
                mutated during training through checkpoints)
+dense          the oracle: FixedHyperTrainable at every point of ``Task.oracle_points()`` (regret reference)
 (task's own)   a :class:`~ray_bilevel.space.TaskMethod`: FixedHyperTrainable trials of another task
                over its own space with a generic searcher (e.g. the λ task's ``weighted_sum``)
 =============  ==========================================================================
@@ -32,8 +33,7 @@ from ray_bilevel.config import ConfigError
 from ray_bilevel.space import Budget, SearchSpace
 from ray_bilevel.tasks import Task, get_task
 from ray_bilevel.tasks.base import GENERIC_METHODS
-from ray_bilevel.tune.searchers import METHODS as SEARCH_METHODS
-from ray_bilevel.tune.searchers import make_searcher
+from ray_bilevel.tune.searchers import METHODS as SEARCH_METHODS, make_searcher
 from ray_bilevel.tune.spaces import tune_domains
 
 __all__ = ["GENERIC_METHODS", "methods_for", "ExperimentSpec", "build_experiment", "iterations_per_step"]
@@ -102,17 +102,25 @@ def build_experiment(
     if method in own:
         tm = own[method]
         other = get_task(tm.task)
-        plan = make_searcher(tm.searcher, tm.space, other.metric, other.mode, seed, trials, max_concurrent=max_concurrent)
+        plan = make_searcher(tm.searcher, tm.space, other.tuning_metric(), other.mode, seed, trials,
+                             max_concurrent=max_concurrent)
         from ray_bilevel.tasks import task_ref
 
         trial_task = other.name or other.__name__
-        return ExperimentSpec(name, method, False, {**base, "task": task_ref(tm.task), **plan.param_space}, other.metric,
+        return ExperimentSpec(name, method, False, {**base, "task": task_ref(tm.task), **plan.param_space},
+                              other.tuning_metric(),
                               other.mode, search_alg=plan.search_alg, num_samples=plan.num_samples, trials=plan.trials,
                               searcher=plan.searcher, hyper_names=tuple(tm.space.names), trial_task=trial_task)
     if space is None:
         space = cls.search_space()
     if space is None:  # pragma: no cover - methods() offers searchers only with a space
         raise ConfigError(f"task {name!r} declares no search space for method {method!r}.")
+    if method == "dense":  # the oracle: every point of the task's sweep, once (not subject to the trial budget)
+        from ray_bilevel.tune.points import PointsSearcher
+
+        points = cls.oracle_points()
+        return ExperimentSpec(name, method, False, dict(base), metric, mode, search_alg=PointsSearcher(points),
+                              num_samples=len(points), trials=len(points))
     if method == "pbt":
         from ray.tune.schedulers import PopulationBasedTraining
         from ray.tune.search import BasicVariantGenerator

@@ -1,17 +1,21 @@
 """Plots of the benchmark (matplotlib, Agg): metric vs wall time per method, the bilevel run's
 hyperparameter trajectory, learned vs default ᾱ_t (from the exported diffusers scheduler configs)
-and the sample grids of every method's best checkpoint (from ``Task.export``)."""
+and the sample grids of every method's best checkpoint (from ``Task.export``) -- per run, from the
+``MethodRun`` objects (:func:`make_plots`); and from the multi-seed result rows (:func:`make_summary_plots`):
+the anytime curve (test value of the validation-selected answer vs CPU-seconds, mean over seeds with a
+min-max band) and the dense oracle sweep against the swept hyperparameter."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["make_plots"]
+__all__ = ["make_plots", "make_summary_plots", "anytime_plot", "oracle_plot"]
 
 _COLORS = {"default": "black", "bilevel": "tab:red", "greedy": "tab:blue", "grid": "tab:blue", "random": "tab:green",
-           "bayes": "tab:purple", "tpe": "tab:orange", "pbt": "tab:brown"}
+           "bayes": "tab:purple", "tpe": "tab:orange", "pbt": "tab:brown", "dense": "dimgray"}
 _EXTRA_COLORS = ("tab:cyan", "tab:olive", "tab:pink", "tab:gray")
 
 
@@ -55,12 +59,16 @@ def _metric_vs_time(task: str, runs: Sequence[Any], path: str) -> str | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
+    values = []
     for r in runs:
-        if not r.curve:
+        curve = r.curve or [(p["wall_s"], p["metric_value_val"]) for p in r.row.get("curve") or []
+                            if p.get("wall_s") is not None and p.get("metric_value_val") is not None]
+        if not curve:
             continue
-        t, v = zip(*r.curve)
+        t, v = zip(*curve)
+        values += [x for x in v if x > 0]
         color = _color(r.row["method"])
-        if r.spec.bilevel:
+        if r.spec.bilevel and r.curve:  # the older per-evaluation curve of the bilevel trial
             ax.plot(t, v, "-o", color=color, ms=3, label="bilevel (current)")
         elif len(t) == 1:
             ax.plot(t, v, "s", color=color, ms=7, label=r.row["method"])
@@ -71,11 +79,11 @@ def _metric_vs_time(task: str, runs: Sequence[Any], path: str) -> str | None:
         plt.close(fig)
         return None
     metric = runs[0].spec.metric
-    values = [v for r in runs for _, v in r.curve if v > 0]
     if values and max(values) / min(values) > 5:  # early bilevel evaluations dwarf the rest
         ax.set_yscale("log")
+    seed = runs[0].row.get("seed")
     return _finish(fig, ax, path, "wall time since the method started (s)", metric,
-                   f"{task}: {metric} vs wall time (in-loop evaluation)")
+                   f"{task}: {metric} vs wall time (in-loop evaluation{'' if seed is None else f', seed {seed}'})")
 
 
 def _trajectory(task: str, run: Any, names: Sequence[str], path: str) -> str | None:
@@ -154,11 +162,14 @@ def _samples(task: str, runs: Sequence[Any], path: str) -> str | None:
 
 
 def make_plots(runs: Sequence[Any], out: str) -> list[str]:
-    """Write the plots of every task into ``out/plots``; returns the paths written."""
+    """Write the per-run plots of every task into ``out/plots`` (of its first seed when there are several; the
+    multi-seed pictures are :func:`make_summary_plots`'); returns the paths written."""
     folder = os.path.join(out, "plots")
     os.makedirs(folder, exist_ok=True)
     written = []
     for task, sub in _by_task(runs).items():
+        seeds = list(dict.fromkeys(r.row.get("seed") for r in sub))
+        sub = [r for r in sub if r.row.get("seed") == seeds[0]]  # per-run pictures: the first seed (all: summary plots)
         written.append(_metric_vs_time(task, sub, os.path.join(folder, f"{task}_metric_vs_time.png")))
         bilevel = next((r for r in sub if r.spec.bilevel), None)
         if bilevel is not None:
@@ -166,4 +177,215 @@ def make_plots(runs: Sequence[Any], out: str) -> list[str]:
             written.append(_trajectory(task, bilevel, names, os.path.join(folder, f"{task}_bilevel_trajectory.png")))
         written.append(_alphas_cumprod(task, sub, os.path.join(folder, f"{task}_alphas_cumprod.png")))
         written.append(_samples(task, sub, os.path.join(folder, f"{task}_samples.png")))
+    return [p for p in written if p]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-seed plots, from the result rows (one per task, method and seed)
+
+
+def _task_rows(rows: Sequence[dict[str, Any]], task: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("task") == task]
+
+
+def _mode(rows: Sequence[dict[str, Any]]) -> str | None:
+    from ray_bilevel.benchmark.stats import _task_mode
+
+    return _task_mode(rows)
+
+
+def _better_text(mode: str | None) -> str:
+    return {"min": " (lower is better)", "max": " (higher is better)"}.get(mode or "", "")
+
+
+def _step_curve(points: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """A seed's anytime curve as (cumulative CPU-seconds, test value) steps, points without a test value left out."""
+    xs, ys = [], []
+    for p in sorted((p for p in points or [] if p.get("metric_value") is not None and p.get("cpu_s") is not None),
+                    key=lambda p: float(p["cpu_s"])):
+        xs.append(float(p["cpu_s"]))
+        ys.append(float(p["metric_value"]))
+    return xs, ys
+
+
+def _on_grid(xs: Sequence[float], ys: Sequence[float], grid: Any) -> Any:
+    """The step function (value of the last point at or before x, held after the last point; NaN before the
+    first) on ``grid``."""
+    import numpy as np
+
+    idx = np.searchsorted(np.asarray(xs), grid, side="right") - 1
+    vals = np.asarray(ys, dtype=float)[np.clip(idx, 0, None)]
+    vals[idx < 0] = np.nan
+    return vals
+
+
+def anytime_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | None:
+    """Test value of each method's validation-selected incumbent (the rows' ``curve``) against cumulative
+    CPU-seconds: per method the mean over seeds (each seed's step curve evaluated on the union of the seeds'
+    breakpoints, from where every seed has a point to where the last one ends; a finished seed holds its
+    answer) with a min-max band; log x when the CPU range spans more than 30×. ``None`` if no row has a curve."""
+    import numpy as np
+
+    sub = _task_rows(rows, task)
+    methods = list(dict.fromkeys(r["method"] for r in sub))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    spans, drawn = [], False
+    for method in methods:
+        curves = [c for c in (_step_curve(r.get("curve") or []) for r in sub if r["method"] == method) if c[0]]
+        if not curves:
+            continue
+        start, end = max(c[0][0] for c in curves), max(c[0][-1] for c in curves)
+        grid = np.unique(np.concatenate([np.asarray(c[0]) for c in curves]))
+        grid = grid[(grid >= start) & (grid <= end)]
+        if grid.size == 0:
+            grid = np.asarray([start])
+        values = np.vstack([_on_grid(xs, ys, grid) for xs, ys in curves])
+        mean, low, high = values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+        color = _color(method)
+        label = f"{method} (n={len(curves)})"
+        if grid.size == 1:
+            ax.errorbar(grid, mean, yerr=[mean - low, high - mean], fmt="s", color=color, ms=6, capsize=3, label=label)
+        else:
+            ax.step(grid, mean, where="post", color=color, lw=2 if method == "bilevel" else 1.3, label=label)
+            if len(curves) > 1:
+                ax.fill_between(grid, low, high, step="post", color=color, alpha=0.15, lw=0)
+        spans += [float(x) for x in grid if x > 0]
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    if spans and max(spans) / min(spans) > 30:
+        ax.set_xscale("log")
+    mode = _mode(sub)
+    metric = next((r.get("metric") for r in sub if r.get("metric")), "metric")
+    return _finish(fig, ax, path, "cumulative CPU-seconds of the method's trials", f"{metric} (test)",
+                   f"{task}: test {metric} of the validation-selected answer{_better_text(mode)}\n"
+                   "mean over seeds, band = min–max over seeds")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _defaults(sub: Sequence[dict[str, Any]], configs: Sequence[dict[str, Any]], params: Sequence[str]) -> dict[str, Any]:
+    """The task's default hyperparameters: the ``default`` method's config, else each parameter's commonest value."""
+    default = next((r.get("best_config") for r in sub if r.get("method") == "default" and r.get("best_config")), None)
+    out = dict(default or {})
+    for p in params:
+        if p not in out:
+            values = [json.dumps(c["config"].get(p), default=str) for c in configs]
+            out[p] = json.loads(max(dict.fromkeys(values), key=values.count))
+    return out
+
+
+def _slice(sub: Sequence[dict[str, Any]], configs: Sequence[dict[str, Any]]) -> tuple[str | None, list[int], bool]:
+    """``(parameter, indices of the configs on its 1-D slice, is_slice)``: the only varying parameter of a 1-D
+    sweep; else the parameter varying most among the configs whose other parameters equal the defaults; else
+    (no such slice) the parameter with the most values and every config."""
+    params = list(dict.fromkeys(k for c in configs for k in c["config"]))
+    def distinct(idx: Sequence[int], p: str) -> int:
+        return len({json.dumps(configs[i]["config"].get(p), default=str) for i in idx})
+    every = list(range(len(configs)))
+    varying = [p for p in params if distinct(every, p) > 1]
+    if not varying:
+        return None, every, True
+    if len(varying) == 1:
+        return varying[0], every, True
+    defaults = _defaults(sub, configs, varying)
+    best: tuple[int, str, list[int]] | None = None
+    for p in varying:
+        idx = [i for i in every if all(_same(configs[i]["config"].get(q), defaults.get(q)) for q in varying if q != p)]
+        if distinct(idx, p) > 1 and (best is None or distinct(idx, p) > best[0]):
+            best = (distinct(idx, p), p, idx)
+    if best is not None:
+        return best[1], best[2], True
+    p = max(varying, key=lambda q: distinct(every, q))
+    return p, every, False
+
+
+def oracle_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | None:
+    """The dense sweep's test value (mean over seeds, min-max band; validation mean dashed) against the swept
+    hyperparameter: the whole sweep when one parameter varies, else its 1-D slice through the defaults (the
+    ``default`` method's config) along the parameter that varies most there. ★ marks the config with the best
+    mean validation value (the validation-selected answer; a horizontal line when it lies off the slice),
+    ◆ the best mean test value; dotted lines: bilevel's and default's mean test values. Log x when positive and
+    spanning more than 30×. ``None`` without a sweep."""
+    import numpy as np
+
+    from ray_bilevel.benchmark.stats import mean_ci, sweep_summary
+
+    sub = _task_rows(rows, task)
+    configs = sweep_summary([r for r in sub if r.get("method") == "dense"])
+    configs = [c for c in configs if c["test"]["mean"] is not None]
+    param, idx, is_slice = _slice(sub, configs)
+    if not configs or param is None:
+        return None
+    mode = _mode(sub)
+    sign = -1.0 if mode == "max" else 1.0
+    with_val = [i for i, c in enumerate(configs) if c["val"]["mean"] is not None]
+    val_best = min(with_val, key=lambda i: sign * configs[i]["val"]["mean"]) if with_val else None
+    test_best = min(range(len(configs)), key=lambda i: sign * configs[i]["test"]["mean"])
+    raw = [configs[i]["config"].get(param) for i in idx]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+    order = sorted(range(len(idx)), key=(lambda j: float(raw[j])) if numeric else (lambda j: str(raw[j])))
+    idx = [idx[j] for j in order]
+    labels = [configs[i]["config"].get(param) for i in idx]
+    x = np.asarray([float(v) for v in labels]) if numeric else np.arange(len(idx), dtype=float)
+    test = np.asarray([configs[i]["test"]["mean"] for i in idx])
+    low = np.asarray([min(configs[i]["test_values"]) for i in idx])
+    high = np.asarray([max(configs[i]["test_values"]) for i in idx])
+    val = np.asarray([configs[i]["val"]["mean"] if configs[i]["val"]["mean"] is not None else np.nan for i in idx])
+    n_seeds = max(configs[i]["test"]["n"] for i in idx)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    style = "-o" if is_slice else "o"
+    ax.plot(x, test, style, color="tab:gray", ms=4, label=f"dense sweep, test (mean of {n_seeds} seed(s))")
+    if n_seeds > 1:
+        if is_slice:
+            ax.fill_between(x, low, high, color="tab:gray", alpha=0.2, lw=0, label="min–max over seeds")
+        else:
+            ax.vlines(x, low, high, color="tab:gray", alpha=0.4)
+    if np.isfinite(val).any():
+        ax.plot(x, val, "--" if is_slice else "x", color="tab:gray", alpha=0.7, label="dense sweep, validation (mean)")
+    for i, marker, name in ((val_best, "*", "validation-selected"), (test_best, "D", "best on test (oracle)")):
+        if i is None:
+            continue
+        text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in configs[i]["config"].items())
+        if i in idx:
+            j = idx.index(i)
+            ax.plot([x[j]], [test[j]], marker, color="tab:red" if marker == "*" else "black", ms=13 if marker == "*" else 7,
+                    mfc="none" if marker == "D" else None, label=f"{name}: {text}", zorder=5)
+        else:
+            ax.axhline(configs[i]["test"]["mean"], color="tab:red" if marker == "*" else "black", lw=1,
+                       ls="-." if marker == "*" else ":", label=f"{name} (off the slice): {text}")
+    for method in ("bilevel", "default"):
+        mean = mean_ci(r.get("metric_value") for r in sub if r.get("method") == method)[0]
+        if mean is not None:
+            ax.axhline(mean, color=_color(method), ls=":", lw=1.2, label=f"{method} (mean test)")
+    if numeric and (x > 0).all() and x.max() / x.min() > 30:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(x, [str(v) for v in labels], rotation=30, fontsize=8)
+    metric = next((r.get("metric") for r in sub if r.get("metric")), "metric")
+    if len(configs[idx[0]]["config"]) > 1:
+        rest = ", ".join(f"{k}={configs[idx[0]]['config'][k]}" for k in configs[idx[0]]["config"] if k != param)
+        where = f"slice through the defaults ({rest})" if is_slice else "every config (no 1-D slice through the defaults)"
+    else:
+        where = "1-D sweep"
+    return _finish(fig, ax, path, param, f"{metric} (test)",
+                   f"{task}: oracle sweep of {param}{_better_text(mode)}\n{where}")
+
+
+def make_summary_plots(rows: Sequence[dict[str, Any]], out: str) -> list[str]:
+    """From the multi-seed result rows: ``out/plots/{task}_anytime.png`` (:func:`anytime_plot`) and
+    ``out/plots/{task}_oracle.png`` (:func:`oracle_plot`) for every task that has the data; returns the paths."""
+    folder = os.path.join(out, "plots")
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    for task in dict.fromkeys(str(r["task"]) for r in rows):
+        written.append(anytime_plot(rows, task, os.path.join(folder, f"{task}_anytime.png")))
+        written.append(oracle_plot(rows, task, os.path.join(folder, f"{task}_oracle.png")))
     return [p for p in written if p]

@@ -1,5 +1,9 @@
-"""Outputs of the benchmark: ``results.json`` / ``results.csv`` (one row per task and method),
-``trials.csv`` (every trial), ``curves.json``, ``run_info.json``, ``table.md`` and the plots."""
+"""Outputs of the benchmark: ``results.json`` / ``results.csv`` (one row per task, method and seed),
+``summary.json`` (means with 95 % t intervals over seeds, paired differences), ``trials.csv`` (every trial),
+``curves.json``, ``run_info.json``, ``table.md`` and the plots.
+
+:func:`markdown_report` is the multi-seed report (mean ± CI per method, paired bilevel − baseline differences with
+a verdict, the dense oracle sweep); :func:`markdown_table` the older one-seed table, kept for single rows."""
 from __future__ import annotations
 
 import csv
@@ -15,13 +19,15 @@ from typing import Any
 
 from ray_bilevel.tasks.base import GENERIC_METHODS
 
-__all__ = ["COLUMNS", "write_outputs", "markdown_table", "format_number"]
+__all__ = ["COLUMNS", "write_outputs", "write_summary", "markdown_report", "markdown_table", "format_number",
+           "git_commit"]
 
-#: Columns of results.csv, in order (results.json objects carry the same keys).
-COLUMNS = ("task", "method", "fid", "fid_domain", "is", "alignment", "reward", "wall_time_s", "trials", "best_config",
-           "metric", "metric_value", "trial_time_s", "final_eval_s", "errors")
-
-
+#: Columns of results.csv, in order (results.json objects carry the same keys and more: ``curve``, ``sweep``,
+#: ``settings``... go only to JSON). Test metrics, then their validation twins (``_val``).
+COLUMNS = ("task", "method", "seed", "preset", "metric", "mode", "metric_value", "metric_value_val", "regret",
+           "fid", "fid_domain", "is", "alignment", "reward",
+           "fid_val", "fid_domain_val", "is_val", "alignment_val", "reward_val",
+           "wall_time_s", "cpu_s", "final_eval_s", "trials", "errors", "best_config")
 
 
 def _compared(method: str) -> bool:
@@ -93,6 +99,182 @@ def _relative(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return notes
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The multi-seed report (one row per task, method and seed)
+
+#: Reference of the paired comparisons, and the oracle sweep's method.
+REFERENCE = "bilevel"
+ORACLE = "dense"
+_ORACLE_ROWS = 20  # a longer sweep shows its 10 best configs on validation and its best on test
+
+
+def _pm(entry: dict[str, Any] | None, seeds: int | None = None) -> str:
+    """``12.3 ± 1.4`` (mean ± half-width of the 95 % t interval); ``12.3`` for one value; ``–`` for none;
+    `` (n=2)`` when fewer than ``seeds`` seeds reported it."""
+    if not entry or entry.get("mean") is None:
+        return "–"
+    text = format_number(entry["mean"])
+    if entry.get("ci95_high") is not None and entry["n"] > 1:
+        text += f" ± {format_number(entry['ci95_high'] - entry['mean'], 2)}"
+    if seeds is not None and entry["n"] < seeds:
+        text += f" (n={entry['n']})"
+    return text
+
+
+def _signed(value: float | None, digits: int = 3) -> str:
+    text = format_number(value, digits)
+    return f"+{text}" if value is not None and value > 0 else text
+
+
+def _diff_cell(entry: dict[str, Any] | None) -> str:
+    """``-2.10 [-3.00, -1.20] bilevel better`` / ``+0.4 [-1.0, 1.8] tie``: mean difference, 95 % interval, verdict."""
+    if not entry:
+        return "–"
+    text = _signed(entry["mean"])
+    if entry.get("ci95_low") is not None:
+        text += f" [{format_number(entry['ci95_low'], 2)}, {format_number(entry['ci95_high'], 2)}]"
+    else:
+        text += f" (n={entry['n']})"
+    better = entry.get("better")
+    return f"{text} {'tie' if better == 'tie' else (f'{better} better' if better else entry['verdict'])}"
+
+
+def _seed_sort(values: Sequence[Any]) -> list[Any]:
+    return sorted(values, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v)))
+
+
+def _best_config_cell(rows: Sequence[dict[str, Any]]) -> str:
+    """The best config when every seed found the same one, else ``varies (seed 0: ...)``."""
+    configs = {json.dumps(r.get("best_config"), sort_keys=True, default=str): r for r in rows}
+    if len(configs) <= 1:
+        return _config_text(rows[0].get("best_config")) if rows else "–"
+    first = min(rows, key=lambda r: (not isinstance(r.get("seed"), int), r.get("seed") if isinstance(r.get("seed"), int) else 0))
+    return f"varies (seed {first.get('seed')}: {_config_text(first.get('best_config'))})"
+
+
+def _present(rows: Sequence[dict[str, Any]], key: str) -> bool:
+    return any(r.get(key) is not None for r in rows)
+
+
+def _mode_text(mode: str | None) -> str:
+    return {"min": "lower is better", "max": "higher is better"}.get(mode or "", "direction unknown")
+
+
+def _best_index(configs: Sequence[dict[str, Any]], split: str, mode: str | None) -> int | None:
+    scored = [(c[split]["mean"], i) for i, c in enumerate(configs) if c[split]["mean"] is not None]
+    if not scored or mode not in ("min", "max"):
+        return None
+    return (min(scored) if mode == "min" else max(scored, key=lambda p: (p[0], -p[1])))[1]
+
+
+def _oracle_table(rows: Sequence[dict[str, Any]], metric: str, mode: str | None) -> list[str]:
+    from ray_bilevel.benchmark.stats import sweep_summary
+
+    configs = sweep_summary(rows)
+    if not configs:
+        return []
+    val_best, test_best = _best_index(configs, "val", mode), _best_index(configs, "test", mode)
+    shown = list(range(len(configs)))
+    note = ""
+    if len(configs) > _ORACLE_ROWS:
+        sign = 1.0 if mode != "max" else -1.0
+        by_val = sorted((i for i in shown if configs[i]["val"]["mean"] is not None),
+                        key=lambda i: sign * configs[i]["val"]["mean"])[:10]
+        shown = sorted(set(by_val) | ({test_best} if test_best is not None else set()))
+        note = (f" Showing {len(shown)} of {len(configs)} configs (the 10 best on validation and the best on test); "
+                "every point is in results.json (`sweep`).")
+    n_seeds = len({r.get("seed") for r in rows})
+    lines = [f"**Oracle ({ORACLE} sweep)**: every config evaluated on both splits, mean over {n_seeds} seed(s) "
+             f"± 95 % t half-width. ★ = best mean on validation (what a validation-selected sweep answers), "
+             f"◆ = best mean on test (the oracle, whose value regret is measured against per seed).{note}\n",
+             f"| config | {metric} test | {metric} val | |", "|---|---|---|---|"]
+    for i in shown:
+        c = configs[i]
+        mark = ("★" if i == val_best else "") + ("◆" if i == test_best else "")
+        lines.append(f"| {_config_text(c['config'])} | {_pm(c['test'], n_seeds)} | {_pm(c['val'], n_seeds)} | {mark} |")
+    return lines
+
+
+def markdown_report(rows: Sequence[dict[str, Any]], reference: str = REFERENCE) -> str:
+    """The multi-seed report, per task: (a) each method's mean ± 95 % t half-width over seeds (test values of
+    the validation-selected answer, its validation value, regret, cost); (b) the paired differences
+    ``reference − baseline`` by seed with their interval and verdict; (c) the dense oracle sweep.
+    Everything is computed from ``rows`` (:mod:`ray_bilevel.benchmark.stats`)."""
+    from ray_bilevel.benchmark.stats import _task_mode, paired_differences, summarise
+
+    summary = {(s["task"], s["method"], s["metric"]): s for s in summarise(rows)}
+    paired = {(p["task"], p["method"], p["metric"]): p for p in paired_differences(rows, reference)}
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        sub = [r for r in rows if r["task"] == task]
+        methods = list(dict.fromkeys(r["method"] for r in sub))
+        metric, mode = sub[0].get("metric") or "metric_value", _task_mode(sub)
+        seeds = _seed_sort(list(dict.fromkeys(r.get("seed") for r in sub)))
+        others = [m for m in _METRIC_HEADERS if m != metric and _present(sub, m)]
+        settings = ", ".join(f"{k}={v}" for k, v in (sub[0].get("settings") or {}).items())
+        out.append(f"### {task}\n")
+        out.append(f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}), preset {sub[0].get('preset')}; settings for "
+                   f"every trial: {settings or '–'}. Selection metric `{metric}` ({_mode_text(mode)}): each method "
+                   "chooses its answer on the validation split; `test` is that answer's value on the test split. "
+                   "Cells: mean ± half-width of the 95 % Student-t interval over seeds (one value when n = 1). "
+                   + ("Regret: how far the test value is from the dense oracle's best test value of the same seed "
+                      "(≥ 0, 0 = the oracle). " if _present(sub, "regret") else "")
+                   + "Cost: CPU-seconds summed over the method's trials and its wall time; the final test evaluation "
+                   "(final eval) is excluded from cost.\n")
+        head = ["method", "seeds", "best config", f"{metric} test", f"{metric} val"]
+        head += [f"{_METRIC_HEADERS[m]} test" for m in others]
+        keys = ["metric_value", "metric_value_val", *others]
+        if _present(sub, "regret"):
+            head.append("regret")
+            keys.append("regret")
+        head += ["CPU s", "wall s", "final eval s", "trials"]
+        keys += ["cpu_s", "wall_time_s", "final_eval_s"]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for m in methods:
+            mrows = [r for r in sub if r["method"] == m]
+            n_seeds = len({r.get("seed") for r in mrows})
+            trials = sorted({int(r["trials"]) for r in mrows if r.get("trials") is not None})
+            trial_text = ("–" if not trials else str(trials[0]) if len(trials) == 1 else f"{trials[0]}–{trials[-1]}")
+            errors = sum(r.get("errors") or 0 for r in mrows)
+            trial_text += f" ({errors} failed)" if errors else ""
+            cells = [m, str(n_seeds), _best_config_cell(mrows)]
+            cells += [_pm(summary.get((task, m, k)), n_seeds) for k in keys]
+            out.append("| " + " | ".join(cells + [trial_text]) + " |")
+        if reference in methods and len(methods) > 1:
+            pkeys = ["metric_value", "metric_value_val", *others, "cpu_s", "wall_time_s"]
+            phead = [f"{metric} test", f"{metric} val", *(f"{_METRIC_HEADERS[m]} test" for m in others), "CPU s", "wall s"]
+            out.append(f"\n**{reference} − baseline**, paired by seed: mean difference [95 % t interval] over the seeds "
+                       "both have; `tie` when the interval contains 0 (or one seed), else the better method given the "
+                       f"metric's direction (`{metric}`: {_mode_text(mode)}).\n")
+            out.append("| baseline | paired seeds | " + " | ".join(phead) + " |")
+            out.append("|" + "---|" * (len(phead) + 2))
+            for m in methods:
+                if m == reference:
+                    continue
+                entries = [paired.get((task, m, k)) for k in pkeys]
+                n = max((e["n"] for e in entries if e), default=0)
+                out.append(f"| {m} | {n} | " + " | ".join(_diff_cell(e) for e in entries) + " |")
+        oracle = _oracle_table([r for r in sub if r["method"] == ORACLE], metric, mode)
+        if oracle:
+            out.append("")
+            out += oracle
+        out.append("")
+    return "\n".join(out)
+
+
+def write_summary(rows: Sequence[dict[str, Any]], out: str, reference: str = REFERENCE) -> str:
+    """Write ``out/summary.json``: ``{"summary": summarise(rows), "paired": paired_differences(rows)}``; returns
+    its path."""
+    from ray_bilevel.benchmark.stats import paired_differences, summarise
+
+    path = os.path.join(out, "summary.json")
+    with open(path, "w") as fh:
+        json.dump(_clean({"summary": summarise(rows), "paired": paired_differences(rows, reference)}), fh, indent=1,
+                  allow_nan=False)
+    return path
+
+
 def _write_csv(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
@@ -112,40 +294,80 @@ def _clean(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def write_outputs(runs: Sequence[Any], cfg: Any) -> str:
-    """Write every output file into ``cfg.out``, make the plots, print the table last; returns the table."""
+def git_commit(path: str | None = None, exclude: str | None = None) -> dict[str, Any]:
+    """``{"sha", "dirty", "dirty_files"}`` of the checkout holding ``path`` (default: this package): ``git rev-parse
+    HEAD`` and ``git status --porcelain`` (ignored files do not count, nor anything under ``exclude``, e.g. the
+    results folder). ``sha`` is ``None`` outside a git checkout or without git."""
+    import subprocess
+
+    where = path or os.path.dirname(os.path.abspath(__file__))
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", "-C", where, *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout if proc.returncode == 0 else None
+
+    sha = (git("rev-parse", "HEAD") or "").strip() or None
+    if sha is None:
+        return {"sha": None, "dirty": None, "dirty_files": []}
+    top = (git("rev-parse", "--show-toplevel") or "").strip()
+    skip = os.path.relpath(os.path.abspath(exclude), top) if exclude and top else None
+    files = []
+    for line in (git("status", "--porcelain") or "").splitlines():
+        name = line[3:].split(" -> ")[-1].strip('"')
+        if skip and not skip.startswith("..") and (name == skip or name.startswith(skip.rstrip("/") + "/")):
+            continue
+        files.append(name)
+    return {"sha": sha, "dirty": bool(files), "dirty_files": files[:50]}
+
+
+def write_outputs(runs: Sequence[Any], cfg: Any, efficiency: dict[str, Any] | None = None) -> str:
+    """Write every output file into ``cfg.out`` (results.json with every row key incl. ``curve`` / ``sweep``,
+    results.csv with :data:`COLUMNS`, summary.json, trials.csv, curves.json, run_info.json with the command, the
+    commit and ``efficiency`` (the runner's wall / CPU / utilisation figures), table.md), make the plots, print
+    the table last; returns the table."""
     out = cfg.out
     extra = ("preset", "seed", "settings")
-    rows = [_clean({c: r.row.get(c) for c in COLUMNS + extra} | {"final_metrics": r.final_metrics or None}) for r in runs]
+    rows = [_clean({**{c: r.row.get(c) for c in COLUMNS + extra}, **r.row, "final_metrics": r.final_metrics or None})
+            for r in runs]
     with open(os.path.join(out, "results.json"), "w") as fh:
         json.dump(rows, fh, indent=1, allow_nan=False)
     _write_csv(os.path.join(out, "results.csv"), rows, COLUMNS)
-    trials = [{"task": r.row["task"], "method": r.row["method"], **t} for r in runs for t in r.trials]
+    first = ("task", "method", "seed", "config", "iterations", "time_total_s", "error")
+    trials = [{"task": r.row["task"], "method": r.row["method"], "seed": r.row.get("seed"), **t}
+              for r in runs for t in r.trials]
     _write_csv(os.path.join(out, "trials.csv"), _clean(trials),
-               ("task", "method", "config", "iterations", "time_total_s", "error") + tuple(dict.fromkeys(
-                   k for t in trials for k in t if k not in ("task", "method", "config", "iterations", "time_total_s",
-                                                             "error"))))
-    curves: dict[str, dict[str, Any]] = {}
+               first + tuple(dict.fromkeys(k for t in trials for k in t if k not in first)))
+    curves: dict[str, dict[str, Any]] = {}  # task -> method -> seed -> the anytime curve
     for r in runs:
-        curves.setdefault(r.row["task"], {})[r.row["method"]] = {"metric": r.spec.metric, "points": r.curve}
+        curves.setdefault(r.row["task"], {}).setdefault(r.row["method"], {})[str(r.row.get("seed"))] = {
+            "metric": r.row.get("metric") or r.spec.metric, "mode": r.row.get("mode"),
+            "points": r.row.get("curve") or [list(p) for p in r.curve]}
     with open(os.path.join(out, "curves.json"), "w") as fh:
         json.dump(_clean(curves), fh, indent=1, allow_nan=False)
     import ray
 
-    info = {"argv": sys.argv, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    commit = git_commit(exclude=out)
+    info = {"argv": sys.argv, "commit": commit["sha"], "dirty": commit["dirty"], "dirty_files": commit["dirty_files"],
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(), "ray": ray.__version__,
+            **_clean(dict(efficiency or {})),
             "config": _clean({k: v for k, v in dataclasses.asdict(cfg).items()})}
+    write_summary(rows, out)
     with open(os.path.join(out, "run_info.json"), "w") as fh:
         json.dump(info, fh, indent=1, default=str)
     if cfg.plots:
-        from ray_bilevel.benchmark.plots import make_plots
+        from ray_bilevel.benchmark.plots import make_plots, make_summary_plots
 
-        for path in make_plots(runs, out):
+        for path in make_plots(runs, out) + make_summary_plots(rows, out):
             print(f"[compare] wrote {os.path.relpath(path, out)}", flush=True)
-    table = markdown_table(rows)
+    # one row per (task, method, seed): the multi-seed report; rows without seeds: the one-seed table
+    table = markdown_report(rows) if rows and all(r.get("seed") is not None for r in rows) else markdown_table(rows)
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write(table)
-    print(f"[compare] results in {out}: results.json, results.csv, trials.csv, curves.json, table.md, plots/\n", flush=True)
+    print(f"[compare] results in {out}: results.json, results.csv, summary.json, trials.csv, curves.json, run_info.json, "
+          "table.md, plots/\n", flush=True)
     print(table, flush=True)
     return table

@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ray_bilevel.benchmark.methods import ExperimentSpec, build_experiment, iterations_per_step, methods_for
-from ray_bilevel.benchmark.trainables import BenchBilevelTrainable, BenchFixedTrainable, final_evaluation
+from ray_bilevel.benchmark.reporting import ROW_METRICS, add_regret, evaluate_runs
+from ray_bilevel.benchmark.trainables import BenchBilevelTrainable, BenchFixedTrainable
 from ray_bilevel.config import ConfigError
 from ray_bilevel.space import Budget
 from ray_bilevel.tasks import PAPER_TASKS, get_task, task_ref
@@ -29,8 +30,6 @@ __all__ = ["BenchmarkConfig", "MethodRun", "run_benchmark", "run_method", "ROW_M
 
 #: The tasks of ``--task all`` (the registry's paper applications).
 TASKS = PAPER_TASKS
-#: Metric columns of every row (null where a task does not report it).
-ROW_METRICS = ("fid", "fid_domain", "is", "alignment", "reward")
 _STATE_FILE = "ray_bilevel_compare.json"
 
 
@@ -41,8 +40,9 @@ class BenchmarkConfig:
     tasks: Sequence[Any] = TASKS  # registered names or Task classes
     preset: str = "quick"
     methods: Sequence[str] | None = None
-    trials: int | None = None
+    trials: int | str | None = None  # per searcher; "paper": the space's Bayesian n_calls
     seed: int = 0
+    seeds: Sequence[int] | None = None  # several seeds (task seed and searcher seed); None: [seed]
     address: str | None = None
     num_cpus: int | None = None
     resources: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1.0})
@@ -68,6 +68,8 @@ class MethodRun:
     config: dict[str, Any] | None = None  # the best trial's resolved config
     final_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     artifacts: str | None = None  # folder of the exported files of the best checkpoint
+    incumbents: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # validation-best trials, in order
+    finished: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # every trial, by finishing time
 
 
 def _log(msg: str) -> None:
@@ -133,19 +135,20 @@ def run_method(
     from ray import tune
 
     max_concurrent = min(max_concurrent, profile.max_concurrent or max_concurrent)
-    spec = build_experiment(task, method, base, metric, mode, trials, profile, cfg.seed, max_concurrent)
+    seed = int(base.get("seed", cfg.seed))
+    spec = build_experiment(task, method, base, metric, mode, trials, profile, seed, max_concurrent)
     task = spec.task  # its name, for folders and logs
     cls = BenchBilevelTrainable if spec.bilevel else BenchFixedTrainable
     trainable = tune.with_resources(cls, dict(_ray_resources(cfg.resources)))
-    name = f"{task}-{method}"
+    name = f"{task}-{method}-s{seed}"
     path = f"{storage.rstrip('/')}/{name}" if is_uri(storage) else os.path.join(storage, name)
     state = _prepare_dir(path, cfg.resume)
     if spec.scheduler is not None:
-        random.seed(cfg.seed)  # PBT's explore draws from `random` / numpy's global generator
+        random.seed(seed)  # PBT's explore draws from `random` / numpy's global generator
         import numpy as np
 
-        np.random.seed(cfg.seed)
-    _log(f"{task} / {method}: {spec.trials} trial(s) of {'BilevelTrainable' if spec.bilevel else 'FixedHyperTrainable'}"
+        np.random.seed(seed)
+    _log(f"{task} / {method} / seed {seed}: {spec.trials} trial(s) of {'BilevelTrainable' if spec.bilevel else 'FixedHyperTrainable'}"
          + (f" + {type(spec.searcher or spec.search_alg).__name__}" if spec.search_alg is not None else "")
          + (f" + {type(spec.scheduler).__name__}" if spec.scheduler is not None else ""))
     if cfg.resume and tune.Tuner.can_restore(path):
@@ -177,7 +180,7 @@ def run_method(
     run = _summarise(spec, grid, wall, start, hyper_names)
     run.row["preset"] = cfg.preset
     run.row["settings"] = {k: v for k, v in base.items() if k not in ("task", "preset", "seed")}
-    run.row["seed"] = cfg.seed
+    run.row["seed"] = seed
     return run
 
 
@@ -186,57 +189,71 @@ def _ray_resources(resources: Mapping[str, float]) -> dict[str, float]:
 
 
 def _summarise(spec: ExperimentSpec, grid: Any, wall: float, start: float, hyper_names: Sequence[str]) -> MethodRun:
-    """Rows, trial records, the best-so-far curve and the best checkpoint of one ResultGrid."""
+    """The row, trial records, validation incumbents and the best checkpoint of one ResultGrid.
+
+    ``spec.metric`` is the tuning (validation) metric. Trials are ordered by the time they finished; a trial
+    whose validation value beats every earlier one is an *incumbent* (the method's answer from then on). The
+    test values of the incumbents (the anytime curve) and of the answer come later, from the reporting
+    evaluation."""
     sign = 1.0 if spec.mode == "min" else -1.0
-    trials, events = [], []
+    names = list(hyper_names) + [k for k in spec.hyper_names if k not in hyper_names]
+    trials: list[dict[str, Any]] = []
+    finished: list[dict[str, Any]] = []
     for result in grid:
         last = result.metrics or {}
         value = _finite(last.get(spec.metric))
-        config = {k: _py(v) for k, v in (result.config or {}).items() if k in hyper_names or k in spec.hyper_names}
-        trials.append({"config": config, spec.metric: value, "time_total_s": _finite(last.get("time_total_s")),
-                       "iterations": last.get("training_iteration"), "error": str(result.error) if result.error else None})
-        df = result.metrics_dataframe
-        if df is not None and len(df) and spec.metric in df:
-            if spec.bilevel:  # the bilevel trial's own curve: every evaluation counts
-                events += [(float(t) - start, float(v)) for t, v in zip(df["timestamp"], df[spec.metric]) if _finite(v) is not None]
-            elif value is not None:
-                events.append((float(df["timestamp"].iloc[-1]) - start, value))
-    curve, best_so_far = [], None
-    for t, v in sorted(events):
-        if spec.bilevel:
-            curve.append((max(0.0, t), v))
-            continue
-        if best_so_far is None or sign * v < sign * best_so_far:
-            best_so_far = v
-        curve.append((max(0.0, t), best_so_far))
+        config = {k: _py(v) for k, v in (result.config or {}).items() if k in names}
+        hyper = {n: _py(last[n]) for n in names if n in last} or config
+        trials.append({"config": config, spec.metric: value, "cpu_s": _finite(last.get("cpu_s")),
+                       "time_total_s": _finite(last.get("time_total_s")), "iterations": last.get("training_iteration"),
+                       "error": str(result.error) if result.error else None})
+        end = _finite(last.get("timestamp")) or 0.0
+        finished.append({"end_s": max(0.0, end - start), "cpu_s": _finite(last.get("cpu_s")) or 0.0, "val": value,
+                         "checkpoint": result.checkpoint, "config": dict(result.config or {}), "hyper": hyper})
+    finished.sort(key=lambda t: t["end_s"])
+    cum, best, incumbents = 0.0, None, []
+    for t in finished:
+        cum += t["cpu_s"]
+        t["cum_cpu_s"] = cum
+        if t["val"] is not None and t["checkpoint"] is not None and (best is None or sign * t["val"] < sign * best):
+            best = t["val"]
+            incumbents.append(t)
     errors = sum(1 for t in trials if t["error"])
-    row: dict[str, Any] = {"task": spec.task, "method": spec.method,
-                           "metric": spec.metric, "metric_value": None, **{m: None for m in ROW_METRICS},
-                           "wall_time_s": round(wall, 2), "trials": len(trials), "errors": errors,
+    row: dict[str, Any] = {"task": spec.task, "method": spec.method, "metric": None, "mode": spec.mode,
+                           "metric_value": None, "metric_value_val": best, **{m: None for m in ROW_METRICS},
+                           **{f"{m}_val": None for m in ROW_METRICS}, "wall_time_s": round(wall, 2),
+                           "cpu_s": round(cum, 2), "trials": len(trials), "errors": errors,
                            "trial_time_s": round(sum(t["time_total_s"] or 0.0 for t in trials), 2),
-                           "final_eval_s": None, "best_config": None}
+                           "final_eval_s": None, "regret": None, "best_config": None, "curve": []}
+    if not incumbents:
+        _log(f"{row['task']} / {spec.method}: no trial reported a finite {spec.metric}; {errors} error(s).")
+        return MethodRun(spec, row, trials, [], [], None)
+    answer = incumbents[-1]
+    row["best_config"] = answer["hyper"] or None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            best = grid.get_best_result(spec.metric, spec.mode, scope="last", filter_nan_and_inf=True)
+            best_result = grid.get_best_result(spec.metric, spec.mode, scope="last", filter_nan_and_inf=True)
+        df = best_result.metrics_dataframe
+        history = df.to_dict("records") if df is not None else []
     except RuntimeError:
-        _log(f"{row['task']} / {spec.method}: no trial reported a finite {spec.metric}; {errors} error(s).")
-        return MethodRun(spec, row, trials, curve, [], None)
-    last, config = best.metrics or {}, dict(best.config or {})
-    names = list(hyper_names) + [k for k in spec.hyper_names if k not in hyper_names]
-    best_config = {n: _py(last[n] if n in last else config[n]) for n in names if n in last or n in config} or None
-    row.update({m: _finite(last.get(m)) for m in ROW_METRICS})
-    row["metric_value"] = _finite(last.get(spec.metric))
-    row["best_config"] = best_config
-    df = best.metrics_dataframe
-    history = df.to_dict("records") if df is not None else []
-    _log(f"{row['task']} / {spec.method}: {len(trials)} trial(s) in {wall:.1f} s; best {spec.metric}="
-         f"{row['metric_value']} at {best_config}")
-    return MethodRun(spec, row, trials, curve, history, best_config, best.checkpoint, config)
+        history = []
+    _log(f"{row['task']} / {spec.method}: {len(trials)} trial(s) in {wall:.1f} s ({cum:.0f} CPU-s); best "
+         f"{spec.metric}={best} at {row['best_config']}")
+    run = MethodRun(spec, row, trials, [], history, row["best_config"], answer["checkpoint"], answer["config"])
+    run.incumbents = incumbents
+    run.finished = finished
+    return run
 
 
 def _py(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
 
 
 def _max_concurrent(resources: Mapping[str, float]) -> int:
@@ -261,58 +278,46 @@ def _remote_options(resources: Mapping[str, float]) -> dict[str, Any]:
     return options
 
 
-def _final_evaluations(runs: list[MethodRun], cfg: BenchmarkConfig) -> None:
-    """Evaluate every method's best checkpoint with the full protocol (Ray tasks, trial resources)."""
-    import ray
-
-    remote = ray.remote(**_remote_options(cfg.resources))(final_evaluation)
-    pending = {remote.remote(run.spec.bilevel, run.config, run.checkpoint): run
-               for run in runs if run.checkpoint is not None and run.config is not None}
-    if pending:
-        _log(f"final evaluation of {len(pending)} best checkpoint(s) (Task.evaluate(final=True))")
-    for ref, run in pending.items():
-        try:
-            out = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - one failed evaluation must not lose the others
-            _log(f"{run.row['task']} / {run.row['method']}: final evaluation failed: {exc}")
-            continue
-        run.row.update({m: _finite(out["metrics"][m]) for m in ROW_METRICS if m in out["metrics"]})
-        run.row["final_eval_s"] = round(out["seconds"], 2)
-        run.final_metrics = {k: _finite(v) for k, v in out["metrics"].items()}
-        folder = os.path.join(cfg.out, "artifacts", run.row["task"], run.row["method"])
-        for rel, data in out["files"].items():
-            target = os.path.join(folder, rel)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as fh:
-                fh.write(data)
-        run.artifacts = folder
-
-
 def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     """Run every (task, method), evaluate, write results.json / results.csv / table.md / plots into ``cfg.out``."""
     from ray_bilevel.benchmark.report import write_outputs
     from ray_bilevel.tune.cluster import check_resources_fit, init_ray, validate_storage_path
 
-    if cfg.trials is not None and cfg.trials < 1:
+    if cfg.trials is not None and cfg.trials != "paper" and (not isinstance(cfg.trials, int) or cfg.trials < 1):
         raise ConfigError(f"--trials must be >= 1, got {cfg.trials}.")
     cfg.out = os.path.abspath(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
     storage = validate_storage_path(cfg.storage_path or os.path.join(cfg.out, "ray_results"))
+    assert storage is not None  # a path was given
     plans = [_task_plan(task, cfg) for task in cfg.tasks]  # validate every task before starting Ray
+    t_start = time.perf_counter()
     init_ray(cfg.address, num_cpus=cfg.num_cpus if cfg.address in (None, "local") else None)
+    startup = time.perf_counter() - t_start
     check_resources_fit(cfg.resources)
     max_concurrent = _max_concurrent(cfg.resources)
     runs: list[MethodRun] = []
     t_all = time.perf_counter()
-    for plan in plans:
-        _log(f"task {get_task(plan.task).name or plan.task} (preset {cfg.preset}): methods {list(plan.methods)}, {plan.trials} trial(s) per searcher, "
-             f"metric {plan.metric} ({plan.mode})")
-        for method in plan.methods:
-            runs.append(run_method(plan.task, method, cfg, plan.base, plan.metric, plan.mode, plan.trials, plan.budget,
-                                   storage, max_concurrent, plan.names))
-    _final_evaluations(runs, cfg)
-    _log(f"all methods done in {time.perf_counter() - t_all:.1f} s")
-    write_outputs(runs, cfg)
+    seeds = [int(s) for s in (cfg.seeds if cfg.seeds else [cfg.seed])]
+    for seed in seeds:
+        for plan in plans:
+            _log(f"task {get_task(plan.task).name or plan.task} (preset {cfg.preset}, seed {seed}): methods "
+                 f"{list(plan.methods)}, {plan.trials} trial(s) per searcher, selection on {plan.metric} ({plan.mode})")
+            for method in plan.methods:
+                run = run_method(plan.task, method, cfg, {**plan.base, "seed": seed}, plan.metric, plan.mode,
+                                 plan.trials, plan.budget, storage, max_concurrent, plan.names)
+                run.row["metric"] = plan.report_metric
+                runs.append(run)
+    tuned = time.perf_counter() - t_all
+    reporting_cpu = evaluate_runs(runs, cfg.out, cfg.resources, _remote_options, _log)
+    add_regret([r.row for r in runs])
+    wall = time.perf_counter() - t_all
+    _log(f"all methods done in {wall:.1f} s ({tuned:.1f} s tuning, {wall - tuned:.1f} s reporting)")
+    cores = _cluster_cpus()
+    trial_cpu = sum(r.row["cpu_s"] or 0.0 for r in runs)
+    cfg_info = {"wall_s": round(wall, 2), "startup_s": round(startup, 2), "tuning_wall_s": round(tuned, 2),
+                "trial_cpu_s": round(trial_cpu, 2), "reporting_cpu_s": round(reporting_cpu, 2), "cores": cores,
+                "utilisation": round((trial_cpu + reporting_cpu) / max(1e-9, (wall + startup) * cores), 3)}
+    write_outputs(runs, cfg, efficiency=cfg_info)
     return runs
 
 
@@ -323,11 +328,12 @@ class TaskPlan:
     task: Any  # the registered name, or the Task class
     methods: list[str]
     base: dict[str, Any]
-    metric: str
+    metric: str  # what tuning selects on (the validation twin)
     mode: str
     trials: int
     budget: Budget
     names: list[str]  # the task's hyperparameter names
+    report_metric: str = ""  # the same metric's name, reported on the test split
 
 
 def _task_plan(task: Any, cfg: BenchmarkConfig) -> TaskPlan:
@@ -342,7 +348,10 @@ def _task_plan(task: Any, cfg: BenchmarkConfig) -> TaskPlan:
             hint = "; it declares no search space, run --methods default,bilevel" if cls.search_space() is None else ""
             raise ConfigError(f"unknown method {m!r} for task {name!r}; choose from {list(offered)}{hint}.")
     space = cls.search_space()
-    trials = cfg.trials or profile.trials or (space.n_calls if space else 1)
+    if cfg.trials == "paper":
+        trials = space.n_calls if space else 1
+    else:
+        trials = int(cfg.trials or profile.trials or (space.n_calls if space else 1))
     base = {"task": task_ref(task), "preset": cfg.preset, "seed": cfg.seed, **profile.overrides, **cfg.overrides}
     probe = cls({k: v for k, v in base.items()})  # validates the settings; gives the budgets
     names = list(probe.hyperparameters())
@@ -350,4 +359,5 @@ def _task_plan(task: Any, cfg: BenchmarkConfig) -> TaskPlan:
     base.update(iterations_per_step=iterations_per_step(probe.outer_budget, profile.iterations),
                 lower_steps_per_iteration=iterations_per_step(probe.lower_budget, profile.iterations), eval_every=1)
     del probe
-    return TaskPlan(task if isinstance(task, str) else cls, methods, base, cls.metric, cls.mode, trials, profile, names)
+    return TaskPlan(task if isinstance(task, str) else cls, methods, base, cls.tuning_metric(), cls.mode, trials, profile,
+                    names, cls.metric)

@@ -1,10 +1,10 @@
-"""The benchmark's trials: the package's trainables with two changes that keep the comparison fair
-and affordable.
+"""The benchmark's trials: the package's trainables with fresh state on actor reuse, and the reporting
+evaluation of a chosen checkpoint.
 
-1. **One final evaluation per method.** Trials report the in-loop metric only (e.g. ``fid_domain``
-   on 1,000 samples); the expensive reporting protocol (``Task.evaluate(final=True)``: Inception
-   FID / IS, or the alignment protocol) runs once per method, on the checkpoint of its best trial,
-   by :func:`final_evaluation` — the same evaluator for every method, and not N times per searcher.
+1. **Cost inside, reporting outside.** A trial's steps (and its final ``evaluate(final=True)``, which completes
+   the method's answer, e.g. the λ task's guided generation) are the method's cost: each report carries the
+   trial's ``cpu_s``. The test-split evaluation (``Task.evaluate_test``) runs only in :func:`final_evaluation`,
+   on checkpoints the harness chose by their validation metric: reporting, excluded from every method's cost.
 2. **Fresh state on actor reuse.** With ``reuse_actors=True`` Tune hands a finished trial's actor to
    the next trial through ``reset_config``; the task is rebuilt so a new trial never inherits the
    previous trial's network. PBT's exploit still works: Tune restores the checkpoint right after.
@@ -24,54 +24,44 @@ __all__ = ["BenchBilevelTrainable", "BenchFixedTrainable", "final_evaluation"]
 MAX_EXPORT_BYTES = 8 * 2**20
 
 
-class _InLoopOnly:
-    """Mixin: trials evaluate with ``final=False``; :meth:`final_evaluation_now` runs the full protocol."""
-
-    def _build(self, config: Any) -> None:
-        super()._build(config)  # type: ignore[misc]
-        full = self.task.evaluate
-        self._full_evaluate = full
-        self.task.evaluate = lambda final=False: full(final=False)  # type: ignore[method-assign]
-
-    def step(self) -> dict[str, Any]:
-        report = super().step()  # type: ignore[misc]
-        report["final"] = False
-        return report
+class _Fresh:
+    """Mixin: a reused actor rebuilds its task (no test-split reads happen in a trial)."""
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        self._build(new_config)
+        self._build(new_config)  # type: ignore[attr-defined]
         return True
 
-    def final_evaluation_now(self) -> dict[str, float]:
-        return self._full_evaluate(final=True)
 
-
-class BenchFixedTrainable(_InLoopOnly, FixedHyperTrainable):
+class BenchFixedTrainable(_Fresh, FixedHyperTrainable):
     """:class:`~ray_bilevel.tune.FixedHyperTrainable` for the benchmark (see the module docstring)."""
 
 
-class BenchBilevelTrainable(_InLoopOnly, BilevelTrainable):
+class BenchBilevelTrainable(_Fresh, BilevelTrainable):
     """:class:`~ray_bilevel.tune.BilevelTrainable` for the benchmark (see the module docstring)."""
 
 
-def final_evaluation(bilevel: bool, config: dict[str, Any], checkpoint: Any) -> dict[str, Any]:
-    """Restore a trial from ``checkpoint`` (a ``tune.Checkpoint``), run ``evaluate(final=True)`` and
-    ``export``; return the metrics, the exported files as bytes (so a remote worker can ship them
-    to the driver) and the seconds it took. Run it as a Ray task with the trial's resources."""
-    t0 = time.perf_counter()
+def final_evaluation(bilevel: bool, config: dict[str, Any], checkpoint: Any, full: bool = True,
+                     export: bool = True) -> dict[str, Any]:
+    """Restore a trial from ``checkpoint`` (a ``tune.Checkpoint``), run ``Task.evaluate_test(full)`` (the reporting
+    protocol on the test split and its validation twins) and ``export``; return the metrics, the exported files as
+    bytes (so a remote worker can ship them to the driver), the seconds and the process CPU-seconds it took. Run it
+    as a Ray task with the trial's resources."""
+    t0, c0 = time.perf_counter(), time.process_time()
     cls = BenchBilevelTrainable if bilevel else BenchFixedTrainable
-    trainable = cls(config=config)
+    trainable = cls(config={k: v for k, v in config.items() if k != "test_at_end"})
     with checkpoint.as_directory() as directory:
         trainable.load_checkpoint(directory)
-    metrics = trainable.final_evaluation_now()
+    metrics = trainable.task.evaluate_test(full=full)
     files: dict[str, bytes] = {}
-    with tempfile.TemporaryDirectory() as out:
-        trainable.task.export(out)
-        for root, _, names in os.walk(out):
-            for name in names:
-                path = os.path.join(root, name)
-                if os.path.getsize(path) <= MAX_EXPORT_BYTES:
-                    with open(path, "rb") as fh:
-                        files[os.path.relpath(path, out)] = fh.read()
+    if export:
+        with tempfile.TemporaryDirectory() as out:
+            trainable.task.export(out)
+            for root, _, names in os.walk(out):
+                for name in names:
+                    path = os.path.join(root, name)
+                    if os.path.getsize(path) <= MAX_EXPORT_BYTES:
+                        with open(path, "rb") as fh:
+                            files[os.path.relpath(path, out)] = fh.read()
     trainable.stop()
-    return {"metrics": metrics, "files": files, "seconds": time.perf_counter() - t0}
+    return {"metrics": metrics, "files": files, "seconds": time.perf_counter() - t0,
+            "cpu_s": time.process_time() - c0}

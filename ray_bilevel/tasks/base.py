@@ -14,8 +14,12 @@ Life cycle (who calls what, and when):
 * ``lower_step()`` — called by :class:`~ray_bilevel.tune.FixedHyperTrainable` (the baselines'
   trial): one unit of lower-level work at the *fixed* hyperparameters. ``lower_budget`` units
   make one complete lower-level run; the bilevel run spends the same amount of lower-level work.
-* ``evaluate(final)`` — upper-level metrics of the current lower-level solution. ``final=True``
-  may run the expensive reporting protocol (Inception FID, more samples).
+* ``evaluate(final)`` — upper-level metrics of the current lower-level solution on the *validation* split
+  (what tuning may read). ``final=True`` first completes the lower-level answer (e.g. the λ task's guided
+  generation), which is part of a method's cost.
+* ``evaluate_test()`` — the reporting protocol on the *test* split (un-suffixed keys) and the validation
+  split (``_val`` twins). Only reporting code calls it (the benchmark's final evaluation, excluded from cost
+  for every method alike); nothing that tunes may.
 * ``hyperparameters()`` — the upper variable x by name, e.g. ``{"tau": 1.0, ...}`` or ``{"lam": 5.0}``.
 * ``set_hyperparameters(values)`` — change x in place, keeping the lower-level state (PBT's
   exploit/explore goes through ``reset_config``).
@@ -45,7 +49,7 @@ from ray_bilevel.space import DEFAULT_BUDGETS, Budget, SearchSpace, TaskMethod
 __all__ = ["Task", "GENERIC_METHODS"]
 
 #: Methods the benchmark can run on any task with a search space (``default`` and ``bilevel`` on any task).
-GENERIC_METHODS = ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt")
+GENERIC_METHODS = ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt", "dense")
 
 
 class Task(abc.ABC):
@@ -56,6 +60,9 @@ class Task(abc.ABC):
     #: Upper-level metric the bilevel method minimises and its Tune mode.
     metric: ClassVar[str] = "fid_domain"
     mode: ClassVar[str] = "min"
+    #: The report key tuning selects on: the validation twin of ``metric`` (``""``: ``metric`` itself, for a task
+    #: whose evaluation has no held-out data to split, like the analytic toy).
+    selection_metric: ClassVar[str] = ""
     #: Direction of the other report keys (``check_objective`` refuses e.g. ``fid`` with ``mode="max"``).
     metric_modes: ClassVar[Mapping[str, str]] = {}
     #: Methods the benchmark compares on this task by default (the paper's comparison).
@@ -82,17 +89,35 @@ class Task(abc.ABC):
         return DEFAULT_BUDGETS[preset]
 
     @classmethod
+    def oracle_points(cls) -> list[dict[str, float]]:
+        """The ``dense`` method's sweep: the reference for "how good could it be" in this space (regret).
+
+        Default (:func:`~ray_bilevel.space.dense_points`): 13 evenly (log-)spaced values of a 1-D space; for more
+        parameters, 9 values of the first (most sensitive) at the others' defaults plus a 3×3 slice of the first two.
+        """
+        from ray_bilevel.space import dense_points
+
+        space = cls.search_space()
+        return dense_points(space) if space is not None else []
+
+    @classmethod
     def methods(cls) -> tuple[str, ...]:
         """Every method the benchmark can run on this task."""
         generic = GENERIC_METHODS if cls.search_space() is not None else ("default", "bilevel")
         return tuple(generic) + tuple(m for m in cls.task_methods() if m not in generic)
 
     @classmethod
+    def tuning_metric(cls) -> str:
+        """The key searchers, schedulers and early stopping select on (never a test-split value)."""
+        return cls.selection_metric or cls.metric
+
+    @classmethod
     def metric_mode(cls, metric: str) -> str | None:
-        """The direction of ``metric`` as this task reports it (``None``: unknown)."""
-        if metric == cls.metric:
+        """The direction of ``metric`` (or of its ``_val`` twin) as this task reports it (``None``: unknown)."""
+        base = metric[: -len("_val")] if metric.endswith("_val") else metric
+        if metric in (cls.metric, cls.tuning_metric()) or base == cls.metric:
             return cls.mode
-        return cls.metric_modes.get(metric)
+        return cls.metric_modes.get(metric, cls.metric_modes.get(base))
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
@@ -127,7 +152,13 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def evaluate(self, final: bool = False) -> dict[str, float]:
-        """Upper-level metrics of the current lower-level solution (flat, finite floats)."""
+        """Validation metrics of the current lower-level solution (flat, finite floats)."""
+
+    def evaluate_test(self, full: bool = True) -> dict[str, float]:
+        """Reporting metrics: test values un-suffixed, validation twins ``_val``; ``full=False`` may restrict them
+        to ``metric`` (cheaper; the benchmark's anytime curves). Default: a task without a held-out split reports
+        its final evaluation."""
+        return self.evaluate(final=True)
 
     # -- state ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -16,14 +16,21 @@ through the Task protocol. Config keys read here (everything else goes to the ta
 ``lower_steps_per_iteration``  FixedHyperTrainable: lower steps per Tune iteration (default: so that
                              the fixed trial takes as many Tune iterations as the bilevel one)
 ``eval_every``               evaluate every N Tune iterations (default 1; the last one always)
-``final_every``              also run the final (expensive) evaluation every N iterations (default 0)
+``final_every``              also run the final evaluation every N iterations (default 0)
+``test_at_end``              add the task's reporting metrics (``Task.evaluate_test``: the test split) to the
+                             last report (default False: a searcher selecting on them would tune on the test
+                             split; select on ``Task.tuning_metric()``, the validation twin)
 ===========================  ==========================================================================
+
+Every report carries ``cpu_s``: the process CPU-seconds this trial has spent so far (building its task, then its
+steps: work and evaluation; kept across checkpoints), the compute figure the benchmark books for every method alike.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,7 +43,8 @@ from ray_bilevel.tasks import Task, get_task
 
 __all__ = ["BilevelTrainable", "FixedHyperTrainable", "TRAINABLE_KEYS", "CHECKPOINT_FILE"]
 
-TRAINABLE_KEYS = frozenset({"iterations_per_step", "lower_steps_per_iteration", "eval_every", "final_every"})
+TRAINABLE_KEYS = frozenset({"iterations_per_step", "lower_steps_per_iteration", "eval_every", "final_every",
+                            "test_at_end"})
 CHECKPOINT_FILE = "ray_bilevel_state.pt"
 _FORMAT = "ray_bilevel.trainable/1"
 
@@ -60,13 +68,16 @@ class _TaskTrainable(tune.Trainable):
     def _build(self, config: Mapping[str, Any]) -> None:
         if "task" not in config:
             raise ConfigError("config must name a task, e.g. {'task': 'noise_schedule'}; see ray_bilevel.tasks.")
+        cpu0 = time.process_time()
         task_cls = get_task(config["task"])
         self.task_config = {k: v for k, v in config.items() if k not in TRAINABLE_KEYS}
         self.task: Task = task_cls(self.task_config)
         self.iterations_per_step = _positive_int(config, "iterations_per_step", 1)
         self.eval_every = _positive_int(config, "eval_every", 1)
         self.final_every = _positive_int(config, "final_every", 0, minimum=0)
+        self.test_at_end = bool(config.get("test_at_end", False))
         self.work_done = 0
+        self.cpu_s = time.process_time() - cpu0  # building the task (data, models) is part of the trial's cost
         self.trajectory: list[dict[str, float]] = []
         self._last_eval: dict[str, float] = {}
 
@@ -88,12 +99,16 @@ class _TaskTrainable(tune.Trainable):
         return metrics
 
     def step(self) -> dict[str, Any]:
+        cpu0 = time.process_time()
         metrics = self._work()
         done = self.work_done >= self._budget()
         n = self.iteration + 1  # Tune's counter is incremented after step() returns
         final = done or (self.final_every > 0 and n % self.final_every == 0)
         if final or n % self.eval_every == 0:
             self._last_eval = self.task.evaluate(final=final)
+        self.cpu_s += time.process_time() - cpu0
+        if done and self.test_at_end:
+            self._last_eval = {**self._last_eval, **self.task.evaluate_test()}
         hyper = self.task.hyperparameters()
         for key, value in hyper.items():
             if not math.isfinite(value):
@@ -112,6 +127,7 @@ class _TaskTrainable(tune.Trainable):
             )
         self.trajectory.append({f"{self._kind}_steps": float(self.work_done), **hyper})
         report[f"{self._kind}_steps"] = self.work_done
+        report["cpu_s"] = self.cpu_s
         report["final"] = bool(final)
         report["done"] = done
         return report
@@ -124,6 +140,7 @@ class _TaskTrainable(tune.Trainable):
             "task": self.task.name or type(self.task).__name__,
             "task_state": self.task.state_dict(),
             "work_done": self.work_done,
+            "cpu_s": self.cpu_s,
             "trajectory": list(self.trajectory),
             "last_eval": dict(self._last_eval),
         }
@@ -149,6 +166,7 @@ class _TaskTrainable(tune.Trainable):
             raise ConfigError(f"checkpoint {path} is for task {state['task']!r}, but this trial runs {expected!r}.")
         self.task.load_state_dict(state["task_state"])
         self.work_done = int(state["work_done"])
+        self.cpu_s = float(state.get("cpu_s", 0.0))
         self.trajectory = list(state["trajectory"])
         self._last_eval = dict(state["last_eval"])
 

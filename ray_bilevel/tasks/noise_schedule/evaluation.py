@@ -1,7 +1,7 @@
 """The noise-schedule task's data and upper-level metrics (docs/algorithms.md §4)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,52 +14,69 @@ __all__ = ["UpperMetrics", "abar_report"]
 
 
 class UpperMetrics:
-    """Training images, and the upper-level metrics against the held-out real images.
+    """Training images, and the upper-level metrics against held-out real images on two disjoint splits.
 
-    * ``fid_domain`` — Fréchet distance on the digit classifier's 64-d features (docs/algorithms.md §4);
-      the real statistics are computed once and cached by :class:`~ray_bilevel.metrics.fid.FIDEvaluator`.
-    * ``final`` — Inception FID (pool3, 2048-d) against ``final_real`` held-out images and the
-      classifier Inception Score, with the numbers of samples recorded in the report.
+    * ``"val"`` — what tuning reads: the ZO probes, the in-loop reports, every searcher's selection.
+    * ``"test"`` — reporting only: loaded lazily, on the first :meth:`fid_domain` / :meth:`final` call that
+      names it, which no tuning code path makes (tests/test_splits.py enforces it).
+
+    * :meth:`fid_domain` — Fréchet distance on the digit classifier's 64-d features (docs/algorithms.md §4);
+      the real statistics are computed once per split and cached by :class:`~ray_bilevel.metrics.fid.FIDEvaluator`.
+    * :meth:`final` — Inception FID (pool3, 2048-d) against at most ``final_real`` real images of the split and
+      the classifier Inception Score, with the numbers of samples recorded in the report.
     """
 
-    def __init__(self, cfg: "NoiseScheduleSettings", device: torch.device) -> None:
+    def __init__(self, cfg: NoiseScheduleSettings, device: torch.device) -> None:
         from ray_bilevel.data import load_images
-        from ray_bilevel.metrics.features import digit_extractor
-        from ray_bilevel.metrics.fid import FIDEvaluator
 
-        kw = dict(image_size=cfg.image_size, heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed,
-                  root=cfg.data_root, download=cfg.download)
+        self._kw: dict[str, Any] = dict(image_size=cfg.image_size, heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed,
+                        root=cfg.data_root, download=cfg.download)
         if cfg.dataset == "mnist" and cfg.data_root is None and not cfg.download:
             raise ConfigError("dataset 'mnist' (full MNIST) needs data_root=<folder with MNIST/raw> or download=True; "
                               "offline, use dataset='mnist5k'.")
-        train = load_images(cfg.dataset, split="train", **kw)
-        self.heldout = load_images(cfg.dataset, split="heldout", **kw)
+        train = load_images(cfg.dataset, split="train", **self._kw)
         if train.images.shape[0] < cfg.batch_size:
             raise ConfigError(f"the training split has {train.images.shape[0]} images, fewer than batch_size={cfg.batch_size}.")
         self.train_images = train.images
         self.cfg, self.device = cfg, device
-        self.domain = FIDEvaluator(digit_extractor(device=device), self.heldout.images, cache_key=self.heldout.name,
-                                   shrinkage=cfg.fid_shrinkage)
-        self._inception = None
+        self._real: dict[str, Any] = {}
+        self._domain: dict[str, Any] = {}
+        self._inception: dict[str, Any] = {}
 
-    def fid_domain(self, images: torch.Tensor) -> float:
-        return float(self.domain(images))
+    def real(self, split: str) -> Any:
+        """The held-out real images of ``split`` (``"val"`` or ``"test"``), loaded on first use."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}.")
+        if split not in self._real:
+            from ray_bilevel.data import load_images
 
-    def final(self, images: torch.Tensor) -> dict[str, float]:
-        """Inception ``fid`` and classifier ``is`` of ``images``, with the protocol recorded."""
+            self._real[split] = load_images(self.cfg.dataset, split=split, **self._kw)
+        return self._real[split]
+
+    def fid_domain(self, images: torch.Tensor, split: str = "val") -> float:
+        if split not in self._domain:
+            from ray_bilevel.metrics.features import digit_extractor
+            from ray_bilevel.metrics.fid import FIDEvaluator
+
+            real = self.real(split)
+            self._domain[split] = FIDEvaluator(digit_extractor(device=self.device), real.images, cache_key=real.name,
+                                               shrinkage=self.cfg.fid_shrinkage)
+        return float(self._domain[split](images))
+
+    def final(self, images: torch.Tensor, split: str) -> dict[str, float]:
+        """Inception ``fid`` and classifier ``is`` of ``images`` against ``split``, with the protocol recorded."""
         from ray_bilevel.metrics.features import inception_extractor
         from ray_bilevel.metrics.fid import FIDEvaluator
         from ray_bilevel.metrics.inception_score import classifier_inception_score
 
-        cfg = self.cfg
-        if self._inception is None:
-            real = self.heldout.images[: cfg.final_real]
-            self._inception = FIDEvaluator(inception_extractor(device=self.device), real,
-                                           cache_key=f"{self.heldout.name}[:{len(real)}]",
-                                           shrinkage=cfg.fid_shrinkage)
+        cfg, real = self.cfg, self.real(split)
+        if split not in self._inception:
+            ref = real.images[: cfg.final_real]
+            self._inception[split] = FIDEvaluator(inception_extractor(device=self.device), ref,
+                                                  cache_key=f"{real.name}[:{len(ref)}]", shrinkage=cfg.fid_shrinkage)
         score, _ = classifier_inception_score(images)
-        return {"fid": float(self._inception(images)), "is": float(score), "fid_samples": float(len(images)),
-                "fid_real": float(min(cfg.final_real, len(self.heldout.images)))}
+        return {"fid": float(self._inception[split](images)), "is": float(score), "fid_samples": float(len(images)),
+                "fid_real": float(min(cfg.final_real, len(real.images)))}
 
 
 def abar_report(alphas: torch.Tensor) -> dict[str, float]:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from ray_bilevel.config import ConfigError
 from ray_bilevel.space import Budget, Param, SearchSpace
 
-__all__ = ["NoiseScheduleSettings", "PRESETS", "check_settings", "search_space", "BASELINES", "BUDGETS"]
+__all__ = ["NoiseScheduleSettings", "PRESETS", "check_settings", "search_space", "oracle_points", "BASELINES", "BUDGETS"]
 
 
 @dataclass
@@ -183,13 +183,22 @@ def search_space(family: str = "cosine", tau_range: str = "released") -> SearchS
     )
 
 
-#: The paper's comparison (docs/algorithms.md §5): default schedule, greedy grid, random, Bayesian, plus TPE and PBT.
-BASELINES = ("default", "bilevel", "greedy", "random", "bayes", "tpe", "pbt")
+def oracle_points() -> list[dict[str, float]]:
+    """The dense sweep (the regret reference): 9 values of tau, denser in the valley just above the default where the
+    FID minimum lies at this scale, at the other defaults, plus a 2-D slice tau × start (6 more points)."""
+    d = search_space().defaults()
+    points = [{**d, "tau": t} for t in (1.0, 1.1, 1.2, 1.3, 1.4, 1.6, 2.0, 3.0, 4.0)]
+    return points + [{**d, "tau": t, "start": s} for t in (1.0, 1.2, 1.6) for s in (0.1, 0.2)]
+
+
+#: The paper's comparison (docs/algorithms.md §5): default schedule, greedy grid, random, Bayesian, plus TPE, PBT and the
+#: dense oracle sweep (the reference of every method's regret).
+BASELINES = ("default", "bilevel", "greedy", "random", "bayes", "tpe", "pbt", "dense")
 
 #: Benchmark budgets fitted to compare.py: the quick default (both tasks) must finish in about 20 minutes on a
 #: 2-core CPU, where one noise-schedule trial (~1,200 U-Net steps) costs about 2 CPU-minutes and the bilevel run
 #: about 4, so it runs the paper's own baselines with two trials per searcher; TPE and PBT run with ``--methods``.
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(trials=2, iterations=3, overrides={"eval_samples": 500, "final_samples": 200},
-                    methods=("default", "bilevel", "greedy", "random", "bayes")),
+                    methods=("default", "bilevel", "greedy", "random", "bayes", "dense")),
 }

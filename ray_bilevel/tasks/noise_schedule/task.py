@@ -4,26 +4,21 @@ Upper variable q = (start, end, tau, eps) of a cosine (16) or sigmoid (34) sched
 y = score matching (24) of a U-Net under q; upper objective = FID of DDIM samples. One
 ``hyper_step`` is one outer iteration of Algorithm 6:
 
-1. K_y AdamW steps of y on SM(y; q) (K_y^warm during the first ``warmup_outer`` steps, which make
-   no hyperparameter update: the E0 warm-up epochs; ``cooldown_outer`` steps before the last ``polish_outer``
-   ones make none either, so that y adapts to q [derived; both 0 = Algorithm 6 as printed]). Each y step
-   draws a fresh minibatch (the released code repeats one minibatch K_y times: the same compute, less data
-   diversity), so a bilevel run and a fixed-schedule run of ``lower_budget`` steps see the same data stream.
-2. Penalty problem (docs/algorithms.md §6: the released z update is a no-op): z is a second U-Net with its own AdamW on its live parameters,
-   initialised in place from y (once for ``z_init="previous"``, before every step for ``"copy_y"``);
+1. K_y AdamW steps of y on SM(y; q), each on a fresh minibatch (K_y^warm in the first ``warmup_outer`` steps, which
+   make no hyperparameter update; nor do the ``cooldown_outer`` steps before the last ``polish_outer`` ones).
+2. Penalty problem: z, a second U-Net with its own AdamW on its live parameters (the released z update is a no-op,
+   docs/algorithms.md §6), initialised in place from y (once, or before every step for ``z_init="copy_y"``);
    K_z steps on ``(1/gamma) ZO-grad_z FID + grad_z SM(z; q)``.
 3. h_y = grad_q SM(y; q), h_z = grad_q SM(z; q) by autograd through alphas_cumprod(q) on the SAME
    (x0, t, eps); g_q = two-point ZO estimate (14) of grad_q FID(z, q).
 4. Adam (no weight decay, one learning rate per parameter) on ``g_q/gamma + (h_z - h_y)`` = grad F_gamma/gamma
    (eq. 4/15), then projection onto the schedule bounds; gamma follows a linear schedule.
 
-Every ZO evaluation uses common random numbers (docs/algorithms.md §3.3): the same x_T, DDIM timesteps and
-feature network for the + and - points, at the live parameters (z, q), never at the EMA. The
-in-loop FID is the Fréchet distance on the digit classifier's 64-d features (``fid_domain``)
-against held-out real images, with n >= 65 samples or shrinkage (docs/algorithms.md §4); ZO and reports
-use the same number of DDIM steps unless configured (docs/algorithms.md §6). The EMA of y is used only
-for reporting. Random streams are separate (y's data/t/eps, z, hypergradient, ZO), so y's
-stream is identical in a bilevel run and in a fixed-schedule run until q first moves.
+Every ZO evaluation uses common random numbers (the same x_T, DDIM timesteps and features for the ± points) at
+the live (z, q), never at the EMA (docs/algorithms.md §3.3). The upper objective is the Fréchet distance on the digit
+classifier's features against the *validation* real images (``fid_domain_val``; the test split is read only by
+``evaluate_test``). Random streams are separate (y's data/t/eps, z, hypergradient, ZO), so y's stream is identical in
+a bilevel run and in a fixed-schedule run until q first moves.
 """
 from __future__ import annotations
 
@@ -32,21 +27,22 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ray_bilevel.config import ConfigError, resolve
 from ray_bilevel.diffusion import EMA, build_unet, ddim_sample, initial_noise, score_matching_loss
-from ray_bilevel.estimators.flat import get_flat, set_flat_
+from ray_bilevel.estimators.flat import add_flat_to_grads_, zo_gradient_of_parameters
 from ray_bilevel.estimators.penalty import penalty_combine
 from ray_bilevel.estimators.zeroth_order import coordinate_zo, zo_gradient
 from ray_bilevel.schedules import NAMES, NoiseSchedule, alphas_cumprod_from
 from ray_bilevel.space import Budget, SearchSpace
 from ray_bilevel.tasks.base import Task
+from ray_bilevel.tasks.noise_schedule import settings
 from ray_bilevel.tasks.noise_schedule.evaluation import UpperMetrics, abar_report
 from ray_bilevel.tasks.noise_schedule.exports import write_exports
-from ray_bilevel.tasks.noise_schedule.settings import BASELINES, BUDGETS, PRESETS, NoiseScheduleSettings, check_settings, search_space
+from ray_bilevel.tasks.noise_schedule.settings import NoiseScheduleSettings
 
 __all__ = ["NoiseScheduleTask"]
 
@@ -60,21 +56,26 @@ class NoiseScheduleTask(Task):
     name = "noise_schedule"
     metric = "fid_domain"
     mode = "min"
+    selection_metric = "fid_domain_val"
     metric_modes = {"fid": "min", "fid_domain": "min", "is": "max", "lower_loss": "min"}
-    baselines = BASELINES
-
-    @classmethod
-    def search_space(cls) -> SearchSpace:
-        return search_space()
+    baselines: ClassVar[tuple[str, ...]] = settings.BASELINES
 
     @classmethod
     def budget(cls, preset: str) -> Budget:
-        return BUDGETS.get(preset) or super().budget(preset)
+        return settings.BUDGETS.get(preset) or super().budget(preset)
+
+    @classmethod
+    def oracle_points(cls) -> list[dict[str, float]]:
+        return settings.oracle_points()
+
+    @classmethod
+    def search_space(cls) -> SearchSpace:
+        return settings.search_space()
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__(config)
-        self.cfg = cfg = resolve(NoiseScheduleSettings, PRESETS, config)
-        check_settings(cfg)
+        self.cfg = cfg = resolve(NoiseScheduleSettings, settings.PRESETS, config)
+        settings.check_settings(cfg)
         if cfg.device == "auto":
             cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -98,7 +99,7 @@ class NoiseScheduleTask(Task):
         )
         self.ema = EMA(self.y, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.gens = {k: torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i, k in enumerate(("lower", "penalty", "hyper", "zo"), 1)}
-        self.eval_noise = initial_noise(cfg.eval_samples, self.shape, cfg.eval_seed)
+        self.eval_noise = initial_noise(cfg.eval_samples, self.shape, cfg.eval_seed + 7919 * cfg.seed)
         self.perm = torch.randperm(len(self.train_images), generator=self.gens["lower"])
         self.cursor = 0
         self.lower_steps = 0
@@ -208,7 +209,7 @@ class NoiseScheduleTask(Task):
         return report
 
     def _penalty_steps(self, alphas: torch.Tensor, x0: torch.Tensor, gamma: float) -> dict[str, float]:
-        """Decision (b): K_z AdamW steps of the real network z on (1/gamma) ZO-grad_z FID + grad_z SM(z; q)."""
+        """K_z AdamW steps of the real network z on (1/gamma) ZO-grad_z FID + grad_z SM(z; q) (docs/algorithms.md §3.4)."""
         c = self.cfg
         if self.bilevel_steps == 0 or c.z_init == "copy_y":
             with torch.no_grad():
@@ -222,15 +223,9 @@ class NoiseScheduleTask(Task):
         for _ in range(c.inner_z):
             zo_grad = None
             if c.z_fid_grad == "zo":
-                flat = get_flat(params)
                 x_T = self._zo_noise()
-
-                def f(v: torch.Tensor) -> float:
-                    set_flat_(params, v)
-                    return self._fid(self.z, alphas, x_T)
-
-                res = zo_gradient(f, flat, c.zo_mu_z, c.zo_directions, self.gens["zo"])
-                set_flat_(params, flat)
+                res = zo_gradient_of_parameters(lambda x_T=x_T: self._fid(self.z, alphas, x_T), params, c.zo_mu_z,
+                                                c.zo_directions, self.gens["zo"])
                 zo_grad, zo_norm = res.grad, float(res.grad.norm())
                 fids += res.f_plus + res.f_minus
             t, noise = self._draw_t_noise(x0, self.gens["penalty"])
@@ -238,10 +233,7 @@ class NoiseScheduleTask(Task):
             self.opt_z.zero_grad(set_to_none=True)
             loss.backward()
             if zo_grad is not None:
-                offset = 0
-                for p in params:
-                    p.grad.add_(zo_grad[offset : offset + p.numel()].view_as(p), alpha=1.0 / gamma)
-                    offset += p.numel()
+                add_flat_to_grads_(params, zo_grad, alpha=1.0 / gamma)
             self.opt_z.step()
             z_losses.append(float(loss.detach()))
         with torch.no_grad():
@@ -320,45 +312,55 @@ class NoiseScheduleTask(Task):
     def _eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.y
 
-    def samples(self, n: int | None = None) -> torch.Tensor:
-        """DDIM samples of the reported network (EMA of y) under the current q from the fixed eval noise."""
+    def _noise(self, n: int, split: str, kind: str = "domain") -> torch.Tensor:
+        """Initial noise of the evaluation samples: fixed per (seed, split, kind), so every trial of a seed shares it,
+        validation and test never do, and seeds differ (docs/algorithms.md §4)."""
+        c = self.cfg
+        seed = c.eval_seed + 7919 * c.seed + (104_729 if split == "test" else 0) + (1 if kind == "final" else 0)
+        if kind == "domain" and split == "val" and n == c.eval_samples:
+            return self.eval_noise
+        return initial_noise(n, self.shape, seed)
+
+    def samples(self, n: int | None = None, split: str = "val", kind: str = "domain") -> torch.Tensor:
+        """DDIM samples of the reported network (EMA of y) under the current q from the split's fixed noise."""
         c = self.cfg
         steps = c.zo_steps if c.eval_steps is None else c.eval_steps
-        x_T = self.eval_noise if n is None or n <= len(self.eval_noise) else initial_noise(n, self.shape, c.eval_seed)
-        x_T = x_T[: n or len(x_T)].to(self.device)
+        x_T = self._noise(n or c.eval_samples, split, kind).to(self.device)
         return ddim_sample(self._eval_model(), self._alphas(), x_T, steps, batch_size=c.sample_batch).cpu()
 
     def evaluate(self, final: bool = False) -> dict[str, float]:
-        c = self.cfg
-        images = self.samples(max(c.eval_samples, c.final_samples) if final else None)
-        out = {"fid_domain": self.upper.fid_domain(images[: c.eval_samples])}
-        out.update(abar_report(self._alphas()))
-        if final:
-            out.update(self.upper.final(images[: c.final_samples]))
+        """Validation metrics only (``fid_domain_val``: what every searcher and early stopper selects on)."""
+        images = self.samples(self.cfg.eval_samples, "val")
+        out = {"fid_domain_val": self.upper.fid_domain(images, "val"), **abar_report(self._alphas())}
         self.last_images = images[:64]
+        return out
+
+    def evaluate_test(self, full: bool = True) -> dict[str, float]:
+        """The reporting protocol on both splits: ``fid_domain``, Inception ``fid`` and classifier ``is`` on the test
+        split (un-suffixed) and their ``_val`` twins (``full=False``: ``fid_domain`` only). Reads the test split;
+        never called while tuning."""
+        c = self.cfg
+        out = dict(abar_report(self._alphas()))
+        for split, suffix in (("val", "_val"), ("test", "")):
+            out[f"fid_domain{suffix}"] = self.upper.fid_domain(self.samples(c.eval_samples, split), split)
+            if not full:
+                continue
+            final = self.upper.final(self.samples(c.final_samples, split, "final"), split)
+            out.update({f"fid{suffix}": final["fid"], f"is{suffix}": final["is"], "fid_samples": final["fid_samples"],
+                        f"fid_real{suffix}": final["fid_real"]})
         return out
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue identically; weights_only-loadable."""
         return {
-            "format": _FORMAT,
-            "seed": self.cfg.seed,
-            "y": self.y.state_dict(),
-            "z": self.z.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else {},
-            "opt_y": self.opt_y.state_dict(),
-            "opt_z": self.opt_z.state_dict(),
-            "opt_q": self.opt_q.state_dict(),
+            "format": _FORMAT, "seed": self.cfg.seed, "y": self.y.state_dict(), "z": self.z.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {}, "opt_y": self.opt_y.state_dict(),
+            "opt_z": self.opt_z.state_dict(), "opt_q": self.opt_q.state_dict(),
             "schedule": {k: v.detach().clone() for k, v in self.schedule.state_dict().items()},
-            "gens": {k: g.get_state() for k, g in self.gens.items()},
-            "perm": self.perm.clone(),
-            "cursor": self.cursor,
-            "lower_steps": self.lower_steps,
-            "outer_done": self.outer_done,
-            "bilevel_steps": self.bilevel_steps,
-            "trajectory": [dict(t) for t in self.trajectory],
-            "projected": list(self.projected),
+            "gens": {k: g.get_state() for k, g in self.gens.items()}, "perm": self.perm.clone(), "cursor": self.cursor,
+            "lower_steps": self.lower_steps, "outer_done": self.outer_done, "bilevel_steps": self.bilevel_steps,
+            "trajectory": [dict(t) for t in self.trajectory], "projected": list(self.projected),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ Images are in [-1, 1]. This module never imports ray.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,6 +49,15 @@ class _Backend:
     reduction: str
     device: torch.device
     latent_shape: tuple[int, ...]
+    scheduler: Any
+    decode_is_identity: bool
+    digit: int
+    r1: Callable[[torch.Tensor], torch.Tensor]
+    r2: Callable[[torch.Tensor], torch.Tensor]
+
+    def real_images(self, cfg: Any, split: str) -> torch.Tensor | None:
+        """Held-out real images matching the prompt in ``split`` ("val" or "test"), if the backend has any."""
+        return None
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
         return torch.randn((n, *self.latent_shape), generator=torch.Generator().manual_seed(int(seed))).to(self.device)
@@ -114,11 +124,11 @@ class DigitsBackend(_Backend):
         labels = torch.full((n,), self.digit, dtype=torch.long, device=self.device)
         return self._class_eps(self.unet, labels, self.cfg_scale)
 
-    def real_images(self, cfg: Any) -> torch.Tensor | None:
-        """Held-out real images of the prompt's digit (for ``fid_domain_real``)."""
+    def real_images(self, cfg: Any, split: str) -> torch.Tensor | None:
+        """Held-out real images of the prompt's digit in ``split`` ("val" or "test"; for ``fid_domain_real``)."""
         from ray_bilevel.data import load_images
 
-        data = load_images(cfg.dataset, image_size=self.latent_shape[-1], split="heldout", split_seed=cfg.split_seed)
+        data = load_images(cfg.dataset, image_size=self.latent_shape[-1], split=split, split_seed=cfg.split_seed)
         return data.images[data.labels == self.digit]
 
 
@@ -143,7 +153,7 @@ class SDBackend(_Backend):
         self.steps, self.reduction, self.cfg_scale = cfg.steps, cfg.reduction, cfg.cfg_scale
         self.cond = encode_prompt(self.parts, cfg.prompt)
         self.uncond = encode_prompt(self.parts, "")
-        self.decode = VAEDecoder(self.parts.vae)
+        self.decode = VAEDecoder(self.parts.vae)  # type: ignore[method-assign,assignment]  # a module as the decoder
         s = self.parts.vae_scale
         self.latent_shape = (self.parts.unet.config.in_channels, cfg.height // s, cfg.width // s)
         self.r2 = _make_r2(cfg.reward, self.device, cfg.seed)
@@ -155,7 +165,7 @@ class SDBackend(_Backend):
         return EpsilonModel(self.parts.unet, {"encoder_hidden_states": self.cond},
                             {"encoder_hidden_states": self.uncond} if self.cfg_scale != 1.0 else None, self.cfg_scale)
 
-    def real_images(self, cfg: Any) -> None:
+    def real_images(self, cfg: Any, split: str) -> None:
         return None
 
 

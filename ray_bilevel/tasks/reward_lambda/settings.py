@@ -145,10 +145,12 @@ def weight_space(name: str = "w") -> SearchSpace:
     )
 
 
-#: The paper's comparison (docs/algorithms.md §5): grid, random, Bayesian, weighted sum, plus TPE and the default.
-BASELINES = ("default", "bilevel", "grid", "random", "bayes", "tpe", "weighted_sum")
+#: The paper's comparison (docs/algorithms.md §5): grid, random, Bayesian, weighted sum, plus TPE, the default and
+#: the dense oracle sweep (the reference of every method's regret).
+BASELINES = ("default", "bilevel", "grid", "random", "bayes", "tpe", "weighted_sum", "dense")
 
 #: A fixed-λ trial is a few guided rounds (~20 s on 2 cores): four trials per searcher, two rounds on two cores.
 BUDGETS: dict[str, Budget] = {
-    "quick": Budget(trials=4, iterations=3, methods=("default", "bilevel", "grid", "random", "bayes", "weighted_sum")),
+    "quick": Budget(trials=4, iterations=3,
+                    methods=("default", "bilevel", "grid", "random", "bayes", "weighted_sum", "dense")),
 }

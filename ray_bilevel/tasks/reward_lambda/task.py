@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -44,7 +44,13 @@ from ray_bilevel.space import Budget, SearchSpace, TaskMethod
 from ray_bilevel.tasks.base import Task
 from ray_bilevel.tasks.reward_lambda.backends import make_backend
 from ray_bilevel.tasks.reward_lambda.settings import (
-    BASELINES, BUDGETS, PRESETS, RewardLambdaSettings, check_settings, lambda_space, weight_space,
+    BASELINES,
+    BUDGETS,
+    PRESETS,
+    RewardLambdaSettings,
+    check_settings,
+    lambda_space,
+    weight_space,
 )
 
 __all__ = ["RewardLambdaTask"]
@@ -60,10 +66,11 @@ class RewardLambdaTask(Task):
     name = "reward_lambda"
     metric = "alignment"
     mode = "max"
+    selection_metric = "alignment_val"
     settings_cls: type = RewardLambdaSettings
     presets: Mapping[str, Mapping[str, Any]] = PRESETS
     metric_modes = {"alignment": "max", "reward": "max", "fid": "min", "fid_domain": "min", "fid_domain_real": "min"}
-    baselines = BASELINES
+    baselines: ClassVar[tuple[str, ...]] = BASELINES
 
     @classmethod
     def search_space(cls) -> SearchSpace:
@@ -80,7 +87,8 @@ class RewardLambdaTask(Task):
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__(config)
-        self.cfg = cfg = resolve(self.settings_cls, self.presets, config)
+        self.cfg: RewardLambdaSettings = resolve(self.settings_cls, self.presets, config)
+        cfg: RewardLambdaSettings = self.cfg
         check_settings(cfg)
         self.backend = make_backend(cfg)
         self.lam = float(cfg.lam)
@@ -88,9 +96,9 @@ class RewardLambdaTask(Task):
         self.samples_seen = 0
         self.trajectory: list[dict[str, float]] = []
         self._reset_generation()
-        self._ref: dict[str, torch.Tensor] | None = None
+        self._refs: dict[str, dict[str, torch.Tensor]] = {}
         self._fixed_pool: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._evaluators: dict[str, Any] = {}
+        self._evaluators: dict[tuple[str, str], Any] = {}
 
     # -- the upper variable ------------------------------------------------------------------
     def hyperparameters(self) -> dict[str, float]:
@@ -152,8 +160,17 @@ class RewardLambdaTask(Task):
         return row
 
     # -- Algorithm 5, one round per lower step -----------------------------------------------
+    @staticmethod
+    def _new_generation() -> dict[str, Any]:
+        return {"repeat": 0, "round": 0, "lin": None, "done": [], "current": None}
+
     def _reset_generation(self) -> None:
-        self.gen: dict[str, Any] = {"repeat": 0, "round": 0, "lin": None, "done": [], "current": None}
+        self.gen: dict[str, Any] = self._new_generation()
+
+    def _noise_seed(self, split: str, *parts: Any) -> int:
+        """Seeds of the evaluation noise: fixed per (task seed, split), so every trial of a seed shares them and
+        validation and test never do (docs/algorithms.md §4)."""
+        return _seed(self.cfg.eval_seed, self.cfg.seed, split, *parts)
 
     def _guidance_reward(self, x: torch.Tensor) -> torch.Tensor:
         """The reward Algorithm 5 guides on: r2 (lower level (11a))."""
@@ -166,13 +183,10 @@ class RewardLambdaTask(Task):
     def _generation_complete(self) -> bool:
         return self.gen["repeat"] >= self.cfg.repeats
 
-    def lower_step(self) -> dict[str, float]:
-        """One round of Algorithm 5 (docs/algorithms.md §2.3) for batch ``repeat`` at the current strength β0/λ."""
-        c, g = self.cfg, self.gen
-        if self._generation_complete():
-            self._reset_generation()
-            g = self.gen
-        z_T = self.backend.noise(c.guide_batch, _seed(c.eval_seed, "guide", g["repeat"]))
+    def _advance(self, g: dict[str, Any], split: str) -> dict[str, float]:
+        """One round of Algorithm 5 (docs/algorithms.md §2.3) for batch ``g["repeat"]`` at the strength β0/λ."""
+        c = self.cfg
+        z_T = self.backend.noise(c.guide_batch, self._noise_seed(split, "guide", g["repeat"]))
         lin = None if g["round"] == 0 else Linearisation(**g["lin"])
         x = self.backend.guided_round(z_T, lin, self.beta)
         if g["round"] < c.rounds - 1:
@@ -188,62 +202,101 @@ class RewardLambdaTask(Task):
             g["round"], g["lin"], g["current"] = 0, None, None
         return {"round_reward": float(r.mean()), "beta": self.beta}
 
-    def _guided_images(self) -> torch.Tensor | None:
-        parts = list(self.gen["done"]) + ([self.gen["current"]] if self.gen["current"] is not None else [])
+    def lower_step(self) -> dict[str, float]:
+        """One round of the guided generation at the current λ, on the validation noise (the method's answer)."""
+        if self._generation_complete():
+            self._reset_generation()
+        return self._advance(self.gen, "val")
+
+    @staticmethod
+    def _images(g: dict[str, Any]) -> torch.Tensor | None:
+        parts = list(g["done"]) + ([g["current"]] if g["current"] is not None else [])
         return torch.cat(parts) if parts else None
 
-    # -- evaluation --------------------------------------------------------------------------
-    def _reference(self) -> dict[str, torch.Tensor]:
-        """Fixed pre-trained samples (seeded by ``eval_seed``) and their rewards: FID reference, IS estimates."""
-        if self._ref is None:
-            c = self.cfg
-            self._ref = self.backend.reference(c.ref_samples, _seed(c.eval_seed, "reference"), c.sample_batch)
-        return self._ref
+    def _guided_images(self) -> torch.Tensor | None:
+        return self._images(self.gen)
 
-    def _evaluator(self, kind: str) -> Any:
-        if kind not in self._evaluators:
+    # -- evaluation --------------------------------------------------------------------------
+    def _reference(self, split: str = "val") -> dict[str, torch.Tensor]:
+        """Fixed pre-trained samples of ``split`` and their rewards: FID reference, importance-weighted estimates."""
+        if split not in self._refs:
+            c = self.cfg
+            self._refs[split] = self.backend.reference(c.ref_samples, self._noise_seed(split, "reference"),
+                                                       c.sample_batch)
+        return self._refs[split]
+
+    def _evaluator(self, kind: str, split: str) -> Any:
+        if (kind, split) not in self._evaluators:
             from ray_bilevel.metrics.features import digit_extractor, inception_extractor
             from ray_bilevel.metrics.fid import FIDEvaluator
 
-            c, ref = self.cfg, self._reference()["images"]
+            c, ref = self.cfg, self._reference(split)["images"]
+            ev: Any
             if kind == "domain":
                 ev = FIDEvaluator(digit_extractor(), ref, shrinkage=c.fid_domain_shrinkage)
             elif kind == "domain_real":
-                real = self.backend.real_images(c)
+                real = self.backend.real_images(c, split)
                 ev = None if real is None else FIDEvaluator(
                     digit_extractor(), real, shrinkage=c.fid_domain_shrinkage,
-                    cache_key=f"{c.dataset}|heldout|split{c.split_seed}|digit{self.backend.digit}|{real.shape[-1]}px")
+                    cache_key=f"{c.dataset}|{split}|split{c.split_seed}|digit{self.backend.digit}|{real.shape[-1]}px")
             else:
                 ev = FIDEvaluator(inception_extractor(allow_download=c.allow_download), ref, shrinkage=c.fid_shrinkage)
-            self._evaluators[kind] = ev
-        return self._evaluators[kind]
+            self._evaluators[(kind, split)] = ev
+        return self._evaluators[(kind, split)]
 
     def _fid_ok(self, n: int, dim: int, shrinkage: Any) -> bool:
         return n >= dim + 1 or shrinkage != 0.0
 
+    def _metrics(self, x: torch.Tensor, split: str, suffix: str, inception: bool) -> dict[str, float]:
+        """Alignment, reward and the FIDs of guided images ``x`` against ``split``'s references."""
+        c = self.cfg
+        out = {f"alignment{suffix}": float(self.backend.score(self.backend.r1, x).mean()),
+               f"reward{suffix}": float(self.backend.score(self.backend.r2, x).mean())}
+        if c.model == "digits" and self._fid_ok(len(x), 64, c.fid_domain_shrinkage):
+            out[f"fid_domain{suffix}"] = self._evaluator("domain", split)(x.cpu())
+            real = self._evaluator("domain_real", split)
+            if real is not None:
+                out[f"fid_domain_real{suffix}"] = real(x.cpu())
+        if inception and c.final_inception and self._fid_ok(len(x), 2048, c.fid_shrinkage):
+            out[f"fid{suffix}"] = self._evaluator("inception", split)(x.cpu())
+        return out
+
     def evaluate(self, final: bool = False) -> dict[str, float]:
-        ref = self._reference()
-        out = {"lam": self.lam, "alignment_pretrained": float(ref["r1"].mean()),
-               "reward_pretrained": float(ref["r2"].mean())}
+        """Validation metrics (``_val``). Without guided images yet (a bilevel run between λ steps) alignment and
+        reward are the importance-weighted estimates of E_{p*_λ}[r1], E_{p*_λ}[r2] on the validation reference set;
+        ``final=True`` first completes the guided generation at the current λ (part of the method's cost)."""
+        ref = self._reference("val")
+        out = {"lam": self.lam, "alignment_pretrained_val": float(ref["r1"].mean()),
+               "reward_pretrained_val": float(ref["r2"].mean())}
         if final:
             while not self._generation_complete():
                 self.lower_step()
         x = self._guided_images()
         if x is None:  # the closed-form lower-level solution p*_λ on the reference set (docs/algorithms.md §2.1)
             w = torch.softmax(self._tilt(ref["r1"], ref["r2"]) / self.lam, dim=0)
-            out.update(alignment=float((w * ref["r1"]).sum()), reward=float((w * ref["r2"]).sum()),
+            out.update(alignment_val=float((w * ref["r1"]).sum()), reward_val=float((w * ref["r2"]).sum()),
                        ess=float(1.0 / w.square().sum()), guided_images=0.0)
             return out
-        out.update(alignment=float(self.backend.score(self.backend.r1, x).mean()),
-                   reward=float(self.backend.score(self.backend.r2, x).mean()), guided_images=float(len(x)))
-        c = self.cfg
-        if self.cfg.model == "digits" and self._fid_ok(len(x), 64, c.fid_domain_shrinkage):
-            out["fid_domain"] = self._evaluator("domain")(x.cpu())
-            real = self._evaluator("domain_real")
-            if real is not None:
-                out["fid_domain_real"] = real(x.cpu())
-        if final and c.final_inception and self._fid_ok(len(x), 2048, c.fid_shrinkage):
-            out["fid"] = self._evaluator("inception")(x.cpu())
+        out.update(self._metrics(x, "val", "_val", inception=False), guided_images=float(len(x)))
+        return out
+
+    def evaluate_test(self, full: bool = True) -> dict[str, float]:
+        """Reporting: the validation generation (completed if needed) with the Inception FID, and a second guided
+        generation at the same λ on the test noise, scored against the test reference set and real test digits
+        (``full=False``: no Inception FID)."""
+        while not self._generation_complete():
+            self.lower_step()
+        val = self._guided_images()
+        assert val is not None  # the generation was just completed
+        out = {"lam": self.lam, **self._metrics(val, "val", "_val", inception=full)}
+        test = self._new_generation()
+        while test["repeat"] < self.cfg.repeats:
+            self._advance(test, "test")
+        ref = self._reference("test")
+        images = self._images(test)
+        assert images is not None
+        out.update(self._metrics(images, "test", "", inception=full),
+                   alignment_pretrained=float(ref["r1"].mean()), reward_pretrained=float(ref["r2"].mean()))
         return out
 
     # -- state ---------------------------------------------------------------------------------
@@ -276,6 +329,6 @@ class RewardLambdaTask(Task):
         x = self._guided_images()
         if x is not None:
             save_image((x.cpu() + 1) / 2, path / f"{self.name}_guided.png", nrow=int(math.sqrt(len(x))) or 1)
-        if self._ref is not None:
-            save_image((self._ref["images"][:64] + 1) / 2, path / f"{self.name}_pretrained.png", nrow=8)
+        if "val" in self._refs:
+            save_image((self._refs["val"]["images"][:64] + 1) / 2, path / f"{self.name}_pretrained.png", nrow=8)
 

@@ -35,6 +35,8 @@ class WeightedSumTask(RewardLambdaTask):
     def task_methods(cls) -> Mapping[str, Any]:
         return {}
 
+    cfg: WeightedSumSettings  # resolved from settings_cls
+
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__(config)
         if not math.isfinite(self.cfg.w) or self.cfg.w < 0:
