@@ -107,10 +107,11 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
     assert (tmp_path / "plots" / "toy_bilevel_trajectory.png").exists()
     trial_dirs = sorted(p.name for p in (tmp_path / "ray_results" / "toy-bayes-s0").iterdir() if p.is_dir())
 
-    resumed = run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=methods, trials=3,
-                                            out=str(tmp_path), verbose=0, resume=True))
+    resumed = run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=methods, trials=3, seeds=[0, 1],
+                                            out=str(tmp_path), verbose=0, resume=True))  # extend with a second seed
     assert sorted(p.name for p in (tmp_path / "ray_results" / "toy-bayes-s0").iterdir() if p.is_dir()) == trial_dirs
-    again = {r.row["method"]: r.row for r in resumed}
+    assert sorted((r.row["method"], r.row["seed"]) for r in resumed) == sorted((m, s) for m in methods for s in (0, 1))
+    again = {r.row["method"]: r.row for r in resumed if r.row["seed"] == 0}
     for m in methods:  # nothing re-ran: the same best results, wall time carried over
         assert again[m]["metric_value"] == by[m]["metric_value"] and again[m]["wall_time_s"] >= by[m]["wall_time_s"]
 
@@ -150,7 +151,10 @@ def test_compare_smoke_on_the_paper_tasks(tmp_path):
     entry = next(e for e in summary if e["method"] == "bilevel" and e["metric"] == "metric_value")
     assert {"mean", "ci95_low", "ci95_high", "n"} <= set(entry) and entry["n"] == 2
     info = json.loads((tmp_path / "run_info.json").read_text())
-    assert info["commit"] and 0 < info["utilisation"] and info["trial_cpu_s"] > 0
+    assert info["commit"] and 0 < info["utilisation"] <= 1 and info["trial_cpu_s"] > 0
+    assert info["trial_cpu_s"] + info["reporting_cpu_s"] <= (info["wall_s"] + info["startup_s"]) * info["cores"]
+    assert info["trial_cpu_s"] == pytest.approx(sum(r["cpu_s"] for r in rows), abs=0.1 * len(rows))
+    assert all(r["utilisation"] == info["utilisation"] and r["startup_s"] == info["startup_s"] for r in rows)
     assert (tmp_path / "plots" / "noise_schedule_anytime.png").exists()
     assert (tmp_path / "plots" / "reward_lambda_oracle.png").exists()
 

@@ -317,6 +317,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     cfg_info = {"wall_s": round(wall, 2), "startup_s": round(startup, 2), "tuning_wall_s": round(tuned, 2),
                 "trial_cpu_s": round(trial_cpu, 2), "reporting_cpu_s": round(reporting_cpu, 2), "cores": cores,
                 "utilisation": round((trial_cpu + reporting_cpu) / max(1e-9, (wall + startup) * cores), 3)}
+    for run in runs:  # every row carries the run's efficiency figures (the same for every row of one run)
+        run.row.update(utilisation=cfg_info["utilisation"], startup_s=cfg_info["startup_s"], run_wall_s=cfg_info["wall_s"])
     write_outputs(runs, cfg, efficiency=cfg_info)
     return runs
 
