@@ -19,6 +19,7 @@ ROW_METRICS = ("fid", "fid_domain", "is", "alignment", "reward")
 
 
 def _finite(value: Any) -> float | None:
+    """``float(value)`` if it is a finite number, else ``None``."""
     try:
         value = float(value)
     except (TypeError, ValueError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import shutil
@@ -19,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ray_bilevel.benchmark.methods import ExperimentSpec, build_experiment, iterations_per_step, methods_for
-from ray_bilevel.benchmark.reporting import ROW_METRICS, add_regret, evaluate_runs
+from ray_bilevel.benchmark.reporting import ROW_METRICS, _finite, add_regret, evaluate_runs
 from ray_bilevel.benchmark.trainables import BenchBilevelTrainable, BenchFixedTrainable
 from ray_bilevel.config import ConfigError
 from ray_bilevel.space import Budget
@@ -74,14 +73,6 @@ class MethodRun:
 
 def _log(msg: str) -> None:
     print(f"[compare] {msg}", flush=True)
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _state(path: str) -> dict[str, Any]:

@@ -67,7 +67,7 @@ class _TaskTrainable(tune.Trainable):
 
     def _build(self, config: Mapping[str, Any]) -> None:
         if "task" not in config:
-            raise ConfigError("config must name a task, e.g. {'task': 'noise_schedule'}; see ray_bilevel.tasks.")
+            raise ConfigError("config must name a task: a registered name (ray_bilevel.tasks.registered_tasks()) or a Task subclass.")
         cpu0 = time.process_time()
         task_cls = get_task(config["task"])
         self.task_config = {k: v for k, v in config.items() if k not in TRAINABLE_KEYS}
