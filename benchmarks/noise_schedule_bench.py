@@ -8,7 +8,7 @@ times measure the methods and not the scheduler:
 * ``bilevel`` — ``hyper_step`` ``outer_budget`` times (the same number of lower-level steps, plus the penalty
   network, the zeroth-order FID probes and the schedule steps).
 
-Each then runs ``evaluate(final=True)``: ``fid_domain`` (digit-classifier features, ``eval_samples`` samples),
+Each then runs ``evaluate_test()`` (test split; ``_val`` twins on validation): ``fid_domain`` (digit-classifier features, ``eval_samples`` samples),
 Inception ``fid`` and classifier ``is`` (``final_samples`` samples). ``train_s`` is the method's wall time
 (what the 2x target is about); ``eval_s`` the final evaluation. Output: a JSON file and a markdown table::
 
@@ -51,7 +51,8 @@ def run_trial(config: dict[str, Any], bilevel: bool, export_dir: Path | None = N
             task.lower_step()
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    report = {k: float(v) for k, v in task.evaluate(final=True).items()}
+    # the validation evaluation, then the reporting protocol: test values (un-suffixed) and their _val twins
+    report = {k: float(v) for k, v in {**task.evaluate(final=True), **task.evaluate_test()}.items()}
     eval_s = time.perf_counter() - t1
     report.update(task.hyperparameters())
     if export_dir is not None:
