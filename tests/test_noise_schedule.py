@@ -227,6 +227,10 @@ def test_set_hyperparameters_in_place_and_sigmoid_paper_form():
         ({"lam": 1.0}, "unknown config key 'lam'"),
         ({"start": 0.9, "end": 0.4}, "`end` must be > `start`"),
         ({"zo_steps": 200}, "cannot exceed T"),
+        ({"z_fid_grad": "autograd"}, "z_fid_grad"),
+        ({"z_fid_grad": "surrogate", "surrogate_steps": 200}, "cannot exceed T"),
+        ({"z_fid_grad": "surrogate", "surrogate_samples": 1}, "surrogate_samples"),
+        ({"z_fid_grad": "surrogate", "surrogate_shrinkage": 0.0}, "singular"),
     ],
 )
 def test_config_errors(over, match):
@@ -246,3 +250,23 @@ def test_tune_run_smoke_completes_offline(ray_local, tmp_path):
     for key in ("fid_domain_val", "start", "end", "tau", "eps", "abar_t50", "hypergrad_norm", "lower_loss", "samples_seen",
                 "cpu_s"):
         assert key in last, key
+
+
+def test_surrogate_penalty_keeps_the_other_variants_streams_and_checkpoints():
+    """z_fid_grad="surrogate": y' takes z's SM steps (same draws), h_y is taken at y'; "none" is unchanged by the option,
+    and a checkpoint taken between outer steps continues identically (y' is rebuilt from y at every bilevel step)."""
+    task = smoke(seed=6, z_fid_grad="surrogate", z_init="copy_y", gamma=1e3, gamma_end=1e3, outer_steps=4)
+    task.hyper_step()
+    out = task.hyper_step()
+    assert out["zref_distance"] > 0 and out["zy_distance"] > 0 and "ref_surrogate_after" in out
+    y_ref_step = next(iter(task.opt_ref.state.values()))["step"]
+    assert float(y_ref_step) == float(next(iter(task.opt_z.state.values()))["step"])  # the same number of AdamW steps
+    state = roundtrip(task.state_dict())
+    twin = smoke(seed=6, z_fid_grad="surrogate", z_init="copy_y", gamma=1e3, gamma_end=1e3, outer_steps=4)
+    twin.load_state_dict(state)
+    a, b = task.hyper_step(), twin.hyper_step()
+    assert a["hypergrad_norm"] == b["hypergrad_norm"] and task.hyperparameters() == twin.hyperparameters()
+    # the option is inert for the other variants
+    plain, flagged = smoke(seed=6, z_fid_grad="none"), smoke(seed=6, z_fid_grad="none", surrogate_reference=False)
+    for _ in range(2):
+        assert plain.hyper_step()["hypergrad_norm"] == flagged.hyper_step()["hypergrad_norm"]

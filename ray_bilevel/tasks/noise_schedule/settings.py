@@ -55,7 +55,14 @@ class NoiseScheduleSettings:
     inner_y: int = 50
     inner_z: int = 1
     z_init: Literal["previous", "copy_y"] = "previous"  # or "copy_y"
-    z_fid_grad: Literal["zo", "none"] = "zo"  # or "none": z steps on SM only
+    z_fid_grad: Literal["zo", "none", "surrogate"] = "zo"  # "none": z steps on SM only; "surrogate": + autograd of f~/gamma
+    # z_fid_grad="surrogate" (surrogate.py): f~ = Fréchet distance of the digit features of surrogate_samples DDIM samples
+    # (surrogate_steps steps, a fresh x_T per z step) to the validation real statistics; the fake covariance is shrunk
+    surrogate_samples: int = 32
+    surrogate_steps: int = 10
+    surrogate_shrinkage: float = 0.2
+    surrogate_covariance: Literal["full", "diagonal"] = "full"
+    surrogate_reference: bool = True  # h_y at y' = y + z's SM steps (same draws), not at y: z - y' is f~'s effect alone
     gamma: float = 1.0
     gamma_end: float = 1.0
     lr_start: float = 0.005
@@ -85,7 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="mnist5k", image_size=8, block_out_channels=(8, 16), batch_size=16, T=100, outer_steps=3,
         warmup_outer=1, cooldown_outer=0, polish_outer=0, inner_y_warmup=2, inner_y=2, inner_z=1, zo_samples=12,
-        zo_steps=3, eval_samples=16, fid_shrinkage=0.2, final_samples=6, final_real=6, sample_batch=64,
+        zo_steps=3, surrogate_samples=8, surrogate_steps=3, eval_samples=16, fid_shrinkage=0.2, final_samples=6, final_real=6, sample_batch=64,
     ),
     # the default main job on a 2-core CPU: mnist5k at 16 px, a 160 k-parameter U-Net (about 76 ms per training step at batch 64 on a 2-core CPU).
     # z = y copied (with its AdamW state) before each penalty step, z steps on SM only: measured, a 1-direction ZO
@@ -107,7 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def check_settings(cfg: NoiseScheduleSettings) -> None:
     """Raise a one-line ConfigError for an invalid noise_schedule setting."""
     positive = ("image_size", "batch_size", "T", "outer_steps", "inner_y_warmup", "inner_y", "inner_z", "zo_directions",
-                "zo_samples", "zo_steps", "eval_samples", "final_samples", "final_real", "sample_batch")
+                "zo_samples", "zo_steps", "surrogate_steps", "eval_samples", "final_samples", "final_real", "sample_batch")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"noise_schedule setting {key!r} must be >= 1, got {getattr(cfg, key)}.")
@@ -123,15 +130,22 @@ def check_settings(cfg: NoiseScheduleSettings) -> None:
             raise ConfigError(f"noise_schedule setting {key!r} must be >= 0, got {getattr(cfg, key)}.")
     if not 0 <= cfg.ema_decay < 1:
         raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}.")
-    choices = {"z_init": ("previous", "copy_y"), "z_fid_grad": ("zo", "none"), "lr_schedule": ("constant", "cosine"),
-               "zo_q_estimator": ("coordinate", "gaussian"),
+    choices = {"z_init": ("previous", "copy_y"), "z_fid_grad": ("zo", "none", "surrogate"), "lr_schedule": ("constant", "cosine"),
+               "zo_q_estimator": ("coordinate", "gaussian"), "surrogate_covariance": ("full", "diagonal"),
                "device": ("cpu", "cuda", "auto")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"noise_schedule setting {key!r} must be one of {list(allowed)}, got {getattr(cfg, key)!r}.")
     steps = cfg.zo_steps if cfg.eval_steps is None else cfg.eval_steps
-    if max(steps, cfg.zo_steps) > cfg.T:
-        raise ConfigError(f"DDIM steps ({cfg.zo_steps}/{steps}) cannot exceed T={cfg.T}; lower zo_steps/eval_steps.")
+    if max(steps, cfg.zo_steps, cfg.surrogate_steps) > cfg.T:
+        raise ConfigError(f"DDIM steps ({cfg.zo_steps}/{steps}/{cfg.surrogate_steps}) cannot exceed T={cfg.T}; "
+                          "lower zo_steps/eval_steps/surrogate_steps.")
+    if cfg.surrogate_samples < 2 or not 0 <= cfg.surrogate_shrinkage <= 1:
+        raise ConfigError(f"surrogate_samples must be >= 2 and surrogate_shrinkage in [0, 1], got "
+                          f"{cfg.surrogate_samples} and {cfg.surrogate_shrinkage}.")
+    if cfg.surrogate_covariance == "full" and cfg.surrogate_shrinkage == 0 and cfg.surrogate_samples <= 64:
+        raise ConfigError(f"surrogate_samples={cfg.surrogate_samples} <= 64 feature dimensions: the fake covariance is singular "
+                          "and the surrogate's gradient infinite; set surrogate_shrinkage > 0 or surrogate_covariance='diagonal'.")
 
 
 

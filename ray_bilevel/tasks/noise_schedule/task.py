@@ -8,7 +8,8 @@ y = score matching (24) of a U-Net under q; upper objective = FID of DDIM sample
    make no hyperparameter update; nor do the ``cooldown_outer`` steps before the last ``polish_outer`` ones).
 2. Penalty problem: z, a second U-Net with its own AdamW on its live parameters (the released z update is a no-op,
    docs/algorithms.md §6), initialised in place from y (once, or before every step for ``z_init="copy_y"``);
-   K_z steps on ``(1/gamma) ZO-grad_z FID + grad_z SM(z; q)``.
+   K_z steps on ``(1/gamma) grad_z f + grad_z SM(z; q)``, grad_z f = a ZO estimate of grad_z FID (``z_fid_grad="zo"``),
+   0 (``"none"``) or the autograd gradient of a differentiable surrogate of FID (``"surrogate"``, surrogate.py).
 3. h_y = grad_q SM(y; q), h_z = grad_q SM(z; q) by autograd through alphas_cumprod(q) on the SAME
    (x0, t, eps); g_q = two-point ZO estimate (14) of grad_q FID(z, q).
 4. Adam (no weight decay, one learning rate per parameter) on ``g_q/gamma + (h_z - h_y)`` = grad F_gamma/gamma
@@ -23,6 +24,7 @@ a bilevel run and in a fixed-schedule run until q first moves.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -43,11 +45,16 @@ from ray_bilevel.tasks.noise_schedule import settings
 from ray_bilevel.tasks.noise_schedule.evaluation import UpperMetrics, abar_report
 from ray_bilevel.tasks.noise_schedule.exports import write_exports
 from ray_bilevel.tasks.noise_schedule.settings import NoiseScheduleSettings
+from ray_bilevel.tasks.noise_schedule.surrogate import (
+    copy_with_moments_,
+    penalty_signal,
+    reference_network,
+    surrogate_penalty_steps,
+)
 
 __all__ = ["NoiseScheduleTask"]
 
 _FORMAT = "ray_bilevel.noise_schedule/1"
-
 
 
 class NoiseScheduleTask(Task):
@@ -209,22 +216,20 @@ class NoiseScheduleTask(Task):
         return report
 
     def _penalty_steps(self, alphas: torch.Tensor, x0: torch.Tensor, gamma: float) -> dict[str, float]:
-        """K_z AdamW steps of the real network z on (1/gamma) ZO-grad_z FID + grad_z SM(z; q) (docs/algorithms.md §3.4)."""
+        """K_z AdamW steps of the real network z on (1/gamma) grad_z f + grad_z SM(z; q) (docs/algorithms.md §3.4)."""
         c = self.cfg
-        if self.bilevel_steps == 0 or c.z_init == "copy_y":
-            with torch.no_grad():
-                for pz, py in zip(self.z.parameters(), self.y.parameters()):
-                    pz.copy_(py)  # in place: opt_z keeps pointing at z's live tensors
-                    # warm start includes y's AdamW moments: a fresh Adam's first step moves every weight by ~lr
-                    # and, measured at 1,200 y steps, raises the 96-sample fid_domain of z from ~290 to ~770
-                    self.opt_z.state[pz] = {k: v.clone() if torch.is_tensor(v) else v for k, v in self.opt_y.state[py].items()}
+        if self.bilevel_steps == 0 or c.z_init == "copy_y":  # in place (opt_z keeps pointing at z's live tensors), with
+            # y's AdamW moments: a fresh Adam's first step moves every weight by ~lr (z's 96-sample FID ~290 -> ~770)
+            copy_with_moments_(self.z, self.opt_z, self.y, self.opt_y)
+        if c.z_fid_grad == "surrogate":  # autograd of a differentiable surrogate of FID (surrogate.py)
+            return surrogate_penalty_steps(self, alphas, x0, gamma)
         params = list(self.z.parameters())
         z_losses, zo_norm, fids = [], 0.0, []
         for _ in range(c.inner_z):
             zo_grad = None
             if c.z_fid_grad == "zo":
                 x_T = self._zo_noise()
-                res = zo_gradient_of_parameters(lambda x_T=x_T: self._fid(self.z, alphas, x_T), params, c.zo_mu_z,
+                res = zo_gradient_of_parameters(functools.partial(self._fid, self.z, alphas, x_T), params, c.zo_mu_z,
                                                 c.zo_directions, self.gens["zo"])
                 zo_grad, zo_norm = res.grad, float(res.grad.norm())
                 fids += res.f_plus + res.f_minus
@@ -276,6 +281,7 @@ class NoiseScheduleTask(Task):
             "hypergrad_norm": float(full.norm()),
             "zo_grad_norm": float(res.grad.norm()),
             "penalty_grad_norm": float((h_z - h_y).norm()),
+            **penalty_signal(res.grad, h_z, h_y, gamma),  # hypergrad_{upper,penalty}_norm, hypergrad_cosine
             "fid_domain_zo": sum(fids) / len(fids),
         }
 
@@ -283,7 +289,7 @@ class NoiseScheduleTask(Task):
         """(h_y, h_z) = grad_q SM(y; q), grad_q SM(z; q) on the SAME (x0, t, eps) (docs/algorithms.md §3.4), as (4,) tensors."""
         params = [getattr(self.schedule, n) for n in NAMES]
         h = []
-        for net in (self.y, self.z):
+        for net in (reference_network(self), self.z):  # y, or y' = y + z's SM steps (surrogate_reference)
             loss = score_matching_loss(net, x0, self.schedule.alphas_cumprod().to(self.device), t=t, noise=noise)
             h.append(torch.stack(torch.autograd.grad(loss, params)).detach().cpu())
         return h[0], h[1]
