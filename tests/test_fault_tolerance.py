@@ -482,7 +482,7 @@ def test_compare_resume_after_the_driver_is_killed(tmp_path):
            "--trials", "6", "--num-cpus", "1", "--out", str(out), "--no-plots", "--verbose", "0"]
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
-    random_dir = out / "ray_results" / "toy-random"
+    random_dir = out / "ray_results" / "toy-random-s0"
     started: dict[int, int] = {}
     try:
         driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
@@ -497,14 +497,14 @@ def test_compare_resume_after_the_driver_is_killed(tmp_path):
         driver.kill()
         driver.wait(timeout=30)
         _ray_procs.kill(started)
-        before = {name: result_lines(out / "ray_results" / name) for name in ("toy-default", "toy-bilevel", "toy-random")}
+        before = {name: result_lines(out / "ray_results" / f"{name}-s0") for name in ("toy-default", "toy-bilevel", "toy-random")}
         assert not (out / "results.json").exists()
         resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     finally:
         _ray_procs.kill(started)
     assert not _ray_procs.alive(started)
-    after = {name: result_lines(out / "ray_results" / name) for name in before}
+    after = {name: result_lines(out / "ray_results" / f"{name}-s0") for name in before}
     # finished experiments: the same trials, not one more result
     assert before["toy-default"] and after["toy-default"] == before["toy-default"]
     assert before["toy-bilevel"] and after["toy-bilevel"] == before["toy-bilevel"]
