@@ -51,7 +51,7 @@ def test_lower_steps_are_algorithm_5_round_by_round():
     assert images.shape == (c.guide_batch * c.repeats, 1, 16, 16)
     for j in range(c.repeats):
         ref = guided_generate(be.eps_model(c.guide_batch), be.scheduler, be.r2, (c.guide_batch, 1, 16, 16),
-                              beta=c.beta0 / 0.5, rounds=c.rounds, steps=c.steps, target=c.target, y_star=c.y_star,
+                              beta=task.beta0 / 0.5, rounds=c.rounds, steps=c.steps, target=c.target, y_star=c.y_star,
                               delta=c.delta, z_T=be.noise(c.guide_batch, _seed(c.eval_seed, c.seed, "val", "guide", j)))
         assert torch.equal(ref.images, images[j * c.guide_batch:(j + 1) * c.guide_batch])
     report = task.evaluate()
@@ -111,10 +111,11 @@ def test_config_errors():
 
 
 def test_trade_off_on_the_embedded_model():
-    """Issue 4: with a fixed seed, mean r2 (ink) rises as λ falls and class alignment drops at very small λ."""
+    """Issue 4: with a fixed seed, mean r2 (ink) rises as λ falls and class alignment drops at very small λ
+    (the old problem, r1 = class alignment alone: ``upper="alignment"``)."""
     rows = {}
     for lam in (100.0, 1.0, 0.01):
-        task = RewardLambdaTask({**SMOKE, "lam": lam, "steps": 10, "guide_batch": 8})
+        task = RewardLambdaTask({**SMOKE, "lam": lam, "steps": 10, "guide_batch": 8, "upper": "alignment"})
         for _ in range(task.lower_budget):
             task.lower_step()
         rows[lam] = task.evaluate()
@@ -128,7 +129,8 @@ def test_trade_off_on_the_embedded_model():
 
 
 def test_hypergradient_points_to_less_ink_where_ink_costs_alignment():
-    """On the embedded model ink and class alignment are anti-correlated, so ∇F_γ < 0 and λ grows."""
-    task = RewardLambdaTask({**SMOKE, "lam": 1.0, "pool_size": 64})
+    """On the embedded model ink and class alignment are anti-correlated, so with r1 = class alignment alone
+    (``upper="alignment"``, the old problem) ∇F_γ < 0 and λ grows; tests/test_lambda_problem.py has the default."""
+    task = RewardLambdaTask({**SMOKE, "lam": 1.0, "pool_size": 64, "upper": "alignment"})
     report = task.hyper_step()
     assert report["hypergrad"] < 0 and task.lam > 1.0

@@ -3,6 +3,9 @@
 * :class:`InkReward` — the offline default: stroke boldness, the mean ink of an image in percent. Moderately
   rewarded it prefers bold, well-formed digits; over-optimised it floods the canvas with ink and destroys the
   digit, which is the realism-vs-reward trade-off the entropy strength λ controls.
+* :class:`StrokeTargetScore` — the offline default upper score r1 (docs/reward_lambda.md): a per-sample score
+  times a Gaussian window on the ink, "recognisable AND at the target stroke weight". Ink is then a cheap proxy
+  reward r2 that over-optimises: some guidance moves the strokes towards the target, too much overshoots it.
 * :class:`ResNetReward` — the paper's synthetic "colorfulness/vibrancy" reward (Yuan et al. 2024, released
   ``RCGDM/fake_dataset.py``): torchvision ResNet-18 features and a fixed random linear head. ImageNet weights
   are used only when they are already on disk (torch hub cache or an explicit file); otherwise the backbone
@@ -13,7 +16,9 @@ Every scorer takes images in **[-1, 1]**, shape (B, C, H, W), and has one tested
 """
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,8 +27,8 @@ from torch import nn
 
 from ray_bilevel.config import ConfigError
 
-__all__ = ["check_range", "ink_preprocess", "InkReward", "resnet_preprocess", "ResNetReward", "CLIP_MEAN", "CLIP_STD",
-           "RESNET18_IMAGENET_FILE"]
+__all__ = ["check_range", "ink_preprocess", "InkReward", "StrokeTargetScore", "resnet_preprocess", "ResNetReward",
+           "CLIP_MEAN", "CLIP_STD", "RESNET18_IMAGENET_FILE"]
 
 #: CLIP normalisation (the released reward model normalises with these, not ImageNet's; docs/algorithms.md §2.5).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -66,6 +71,34 @@ class InkReward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * ink_preprocess(x).flatten(1).mean(1)
+
+
+class StrokeTargetScore(nn.Module):
+    """``r1(x) = score(x) · exp(−½ ((ink(x) − target) / scale)²)``: recognisable AND at the target stroke weight.
+
+    ``score`` is any differentiable per-sample score (offline: class alignment in percent, so r1 is in [0, 100]);
+    ``ink`` defaults to :class:`InkReward` (percent of an inked canvas). The window is 1 at ``ink = target`` and
+    e^{−½} ≈ 0.61 one ``scale`` away. Being a per-sample score, its mean under the sampled distribution is the
+    upper objective of problem (9), so the closed-form hypergradient (docs/algorithms.md §2.2) applies unchanged.
+    """
+
+    name = "stroke_target"
+
+    def __init__(self, score: Callable[[torch.Tensor], torch.Tensor], target: float, scale: float,
+                 ink: nn.Module | None = None) -> None:
+        super().__init__()
+        if not (math.isfinite(target) and math.isfinite(scale) and scale > 0):
+            raise ConfigError(f"the stroke target needs a finite target and a scale > 0, got {target}, {scale}.")
+        self.score = score
+        self.ink = ink if ink is not None else InkReward()
+        self.target, self.scale = float(target), float(scale)
+
+    def window(self, x: torch.Tensor) -> torch.Tensor:
+        """``exp(−½ ((ink(x) − target) / scale)²)`` per sample, in (0, 1]."""
+        return torch.exp(-0.5 * ((self.ink(x) - self.target) / self.scale).square())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x) * self.window(x)
 
 
 def resnet_preprocess(x: torch.Tensor, size: int = 224) -> torch.Tensor:

@@ -6,7 +6,10 @@ class-conditional U-Net and for Stable Diffusion:
 * ``noise(n, seed)`` — initial noise z_T (seeded; the same seed gives the same z_T in every trial);
 * ``sample(z_T)`` — unguided pre-trained samples (pool of Algorithm 2, FID reference);
 * ``guided_round(z_T, lin, beta)`` — one round of Algorithm 5 (``lin=None``: round 0, unguided);
-* ``r1(x)`` — upper reward (class alignment in percent, or CLIP score), differentiable;
+* ``r1(x)`` — upper score, differentiable: ``upper="stroke_target"`` (offline default) the prompt alignment times a
+  Gaussian window on the ink (:class:`~ray_bilevel.metrics.rewards.StrokeTargetScore`), ``upper="alignment"`` the
+  prompt alignment alone (class alignment in percent, or CLIP score);
+* ``alignment(x)`` — the prompt alignment alone (reported as ``prompt_alignment``);
 * ``r2(x)`` — lower reward (ink or the ResNet-18 synthetic reward), differentiable.
 
 Images are in [-1, 1]. This module never imports ray.
@@ -54,6 +57,19 @@ class _Backend:
     digit: int
     r1: Callable[[torch.Tensor], torch.Tensor]
     r2: Callable[[torch.Tensor], torch.Tensor]
+    alignment: Callable[[torch.Tensor], torch.Tensor]
+
+    def _set_upper(self, cfg: Any, alignment: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """r1 from the prompt alignment and ``cfg.upper`` (docs/reward_lambda.md)."""
+        from ray_bilevel.metrics.rewards import StrokeTargetScore
+
+        self.alignment = alignment
+        if cfg.upper == "alignment":
+            self.r1 = alignment
+        elif cfg.upper == "stroke_target":
+            self.r1 = StrokeTargetScore(alignment, cfg.ink_target, cfg.ink_scale).to(self.device)
+        else:
+            raise ConfigError(f"unknown upper score {cfg.upper!r}; choose 'stroke_target' or 'alignment'.")
 
     def real_images(self, cfg: Any, split: str) -> torch.Tensor | None:
         """Held-out real images matching the prompt in ``split`` ("val" or "test"), if the backend has any."""
@@ -93,8 +109,9 @@ class _Backend:
 class DigitsBackend(_Backend):
     """The shipped class-conditional MNIST U-Net (16×16) with CFG against the null class.
 
-    ``r1`` = 100 · p_classifier(prompt digit | x) (class alignment in percent, the CLIP-score scale) or the CLIP
-    score when ``alignment="clip"``; ``r2`` = ink (default) or the ResNet-18 synthetic reward.
+    Prompt alignment = 100 · p_classifier(prompt digit | x) (class alignment in percent, the CLIP-score scale) or
+    the CLIP score when ``alignment="clip"``; ``r1`` = alignment × ink window (``upper="stroke_target"``, default)
+    or the alignment alone; ``r2`` = ink (default) or the ResNet-18 synthetic reward.
     """
 
     decode_is_identity = True
@@ -114,9 +131,9 @@ class DigitsBackend(_Backend):
         self.r2 = _make_r2(cfg.reward, self.device, cfg.seed)
         if cfg.alignment == "class":
             align = ClassAlignment().to(self.device)
-            self.r1 = lambda x: 100.0 * align(x, self.digit)
+            self._set_upper(cfg, lambda x: 100.0 * align(x, self.digit))
         elif cfg.alignment == "clip":
-            self.r1 = _clip_r1(cfg, self.device)
+            self._set_upper(cfg, _clip_r1(cfg, self.device))
         else:
             raise ConfigError(f"unknown alignment {cfg.alignment!r}; choose 'class' or 'clip'.")
 
@@ -159,7 +176,7 @@ class SDBackend(_Backend):
         self.r2 = _make_r2(cfg.reward, self.device, cfg.seed)
         if cfg.alignment != "clip":
             raise ConfigError("the Stable Diffusion backend scores alignment with CLIP; set alignment='clip'.")
-        self.r1 = _clip_r1(cfg, self.device)
+        self._set_upper(cfg, _clip_r1(cfg, self.device))
 
     def eps_model(self, n: int) -> EpsilonModel:
         return EpsilonModel(self.parts.unet, {"encoder_hidden_states": self.cond},
@@ -170,8 +187,9 @@ class SDBackend(_Backend):
 
 
 #: Settings that determine a backend (models, scorers, sampler); tasks with equal values share one per process.
-BACKEND_KEYS = ("model", "model_path", "sd_model", "allow_download", "prompt", "reward", "alignment", "clip_model",
-                "device", "steps", "reduction", "cfg_scale", "seed", "height", "width", "dataset", "split_seed")
+BACKEND_KEYS = ("model", "model_path", "sd_model", "allow_download", "prompt", "reward", "alignment", "upper",
+                "ink_target", "ink_scale", "clip_model", "device", "steps", "reduction", "cfg_scale", "seed", "height",
+                "width", "dataset", "split_seed")
 _CACHE: dict[tuple, _Backend] = {}
 
 

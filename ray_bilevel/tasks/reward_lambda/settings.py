@@ -25,7 +25,14 @@ class RewardLambdaSettings:
     allow_download: bool = False
     prompt: str = "a handwritten 7"
     reward: Literal["ink", "resnet18"] = "ink"  # r2: "ink" or "resnet18"
-    alignment: Literal["class", "clip"] = "class"  # r1: "class" (digit classifier) or "clip"
+    alignment: Literal["class", "clip"] = "class"  # prompt alignment: "class" (digit classifier) or "clip"
+    # the upper score r1 (docs/reward_lambda.md): "stroke_target" = alignment × exp(−½((ink − ink_target)/ink_scale)²),
+    # "recognisable AND at the target stroke weight" (offline default: ink, the lower reward, is a proxy that
+    # over-optimises, so the best λ is interior); "alignment" = the alignment alone (the paper's problem; offline the
+    # best λ is then λ → ∞, a sanity case)
+    upper: Literal["stroke_target", "alignment"] = "stroke_target"
+    ink_target: float = 18.0  # percent of an inked canvas; pre-trained 7s: mean 12.5, sd 3.1 (95th percentile ≈ 18)
+    ink_scale: float = 3.0  # width of the ink window (r1 falls to 61 % of the alignment one scale off target)
     clip_model: str = "openai/clip-vit-base-patch16"
     dataset: str = "mnist5k"  # real digits for fid_domain_real (held-out split)
     split_seed: int = 0
@@ -35,7 +42,9 @@ class RewardLambdaSettings:
     # the upper variable and Algorithm 2 (docs/algorithms.md §2.4)
     lam: float = 5.0
     lam_min: float = 0.01
-    lr_lam: float = 0.1
+    # released 0.1 (the paper preset keeps it). On the stroke-target problem |λ ∇F| reaches 10-30 near the optimum,
+    # so log-λ steps of 0.1 overshoot by decades; 0.01 settles near the sweep's best λ (docs/reward_lambda.md)
+    lr_lam: float = 0.01
     log_space: bool = True  # step in log λ (released: plain steps, log_space=False)
     gamma: float = 1000.0  # released 1.0; with r1 in percent, γ = 1 gives the wrong sign on the digits model
     method: Literal["exact", "paper"] = "exact"
@@ -43,7 +52,9 @@ class RewardLambdaSettings:
     pool_size: int = 128
     outer_steps: int = 10
     # Algorithm 5 (docs/algorithms.md §2.3)
-    beta0: float = 0.01  # β = β0/λ; 0.01 puts the digits trade-off inside the λ grid {0.01, ..., 100}
+    # β = β0/λ. None: the model's calibration (calibration.py; guidance_calibration.json next to the shipped model),
+    # so that guided sampling at λ draws the p*_λ the hypergradient differentiates ("one λ")
+    beta0: float | None = None
     steps: int = 20
     cfg_scale: float = 1.0
     rounds: int = 2  # ink is linear: with a fixed target every guided round repeats round 1
@@ -70,16 +81,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(),
     # the paper's Application 1 (docs/algorithms.md §2.3-§2.5): SD-1.5, CFG 7.5, 50 steps, 3 x 8 rounds x 4 repeats, seed 5,
     # y* = 10, beta0 = 1, lambda0 = 5, eta = 0.1, K = 10, gamma = 1; needs local weights (or allow_download) and a GPU
-    "paper": dict(model="sd", prompt="A fox", reward="resnet18", alignment="clip", steps=50, cfg_scale=7.5, rounds=8,
-                  guide_batch=3, repeats=4, y_star=10.0, beta0=1.0, lam=5.0, lr_lam=0.1, log_space=False,
-                  outer_steps=10, gamma=1.0,
+    "paper": dict(model="sd", prompt="A fox", reward="resnet18", alignment="clip", upper="alignment", steps=50,
+                  cfg_scale=7.5, rounds=8, guide_batch=3, repeats=4, y_star=10.0, beta0=1.0, lam=5.0, lr_lam=0.1,
+                  log_space=False, outer_steps=10, gamma=1.0,
                   pool_size=16, ref_samples=64, seed=5, eval_seed=5, device="auto", sample_batch=8,
                   fid_domain_shrinkage=0.2),
 }
 
 _CHOICES = {"method": METHODS, "pool": ("fresh", "fixed"), "target": ("fixed", "increment"),
             "reduction": ("sum", "mean"), "model": ("digits", "sd"), "reward": ("ink", "resnet18"),
-            "alignment": ("class", "clip"), "device": ("cpu", "cuda", "auto")}
+            "alignment": ("class", "clip"), "device": ("cpu", "cuda", "auto"), "upper": ("stroke_target", "alignment")}
 
 
 def check_settings(cfg: RewardLambdaSettings) -> None:
@@ -91,8 +102,10 @@ def check_settings(cfg: RewardLambdaSettings) -> None:
             raise ConfigError(f"reward_lambda setting {key!r} must be a finite number > 0, got {getattr(cfg, key)}.")
     if cfg.lam < cfg.lam_min:
         raise ConfigError(f"lam={cfg.lam} is below lam_min={cfg.lam_min}; raise lam or lower lam_min.")
-    if cfg.beta0 < 0:
-        raise ConfigError(f"beta0 must be >= 0, got {cfg.beta0}.")
+    if cfg.beta0 is not None and not (math.isfinite(cfg.beta0) and cfg.beta0 >= 0):
+        raise ConfigError(f"beta0 must be a finite number >= 0 (or None: the model's calibration), got {cfg.beta0}.")
+    if not (math.isfinite(cfg.ink_target) and math.isfinite(cfg.ink_scale) and cfg.ink_scale > 0):
+        raise ConfigError(f"ink_target must be finite and ink_scale > 0, got {cfg.ink_target}, {cfg.ink_scale}.")
     for key, allowed in _CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"reward_lambda setting {key!r} must be one of {list(allowed)}, got {getattr(cfg, key)!r}.")

@@ -1,8 +1,10 @@
 """Application 1 as Tasks: the entropy strength λ of reward-guided sampling (Algorithms 2 and 5).
 
-docs/algorithms.md §2. Problem (9): the lower level tilts the pre-trained model
+docs/algorithms.md §2, docs/reward_lambda.md. Problem (9): the lower level tilts the pre-trained model
 towards the reward r2, ``p*_λ ∝ p_data · exp(r2/λ)``, realised by gradient-guided sampling (Algorithm 5,
-strength β = β0/λ); the upper level maximises the alignment r1 of those samples.
+strength β = β0/λ, β0 calibrated so that the sampler draws p*_λ: :mod:`.calibration`); the upper level maximises
+the mean of a per-sample score r1 of those samples (offline default ``upper="stroke_target"``: recognisable AND at
+the target stroke weight; ``upper="alignment"``: the prompt alignment alone, as in the paper).
 
 :class:`RewardLambdaTask` (``"reward_lambda"``), metric ``alignment`` (mode ``max``, i.e. minimise −alignment):
 
@@ -18,8 +20,10 @@ strength β = β0/λ); the upper level maximises the alignment r1 of those sampl
   reference set, with ``guided_images = 0``. ``final=True`` first completes the guided generation at the current
   λ, then adds ``fid`` (Inception, guided vs pre-trained samples: the paper's measure, docs/algorithms.md §4).
 
-Units: with the offline model ``alignment`` is 100 · p_classifier(prompt digit | x) (percent, the CLIP-score
-scale) and ``reward`` is ink in percent of a fully inked canvas. Every report also carries ``lam``.
+Units: with the offline model ``alignment`` (the mean of r1, the upper objective) is 100 · p_classifier(prompt
+digit | x) (percent, the CLIP-score scale), times the ink window ``exp(−½((ink − ink_target)/ink_scale)²)`` with
+``upper="stroke_target"`` (then ``prompt_alignment`` reports the class alignment alone); ``reward`` is ink in percent
+of a fully inked canvas. Every report also carries ``lam``.
 
 :class:`~ray_bilevel.tasks.reward_lambda.weighted_sum.WeightedSumTask` (``"weighted_sum"``, a baseline this task offers; docs/algorithms.md §5): guidance on ``r2 + w · r1`` at a fixed λ,
 the weight ``w`` being the searched variable. It has no hypergradient: its ``hyper_step`` performs one guided
@@ -43,6 +47,7 @@ from ray_bilevel.guidance import Linearisation, linearise
 from ray_bilevel.space import Budget, SearchSpace, TaskMethod
 from ray_bilevel.tasks.base import Task
 from ray_bilevel.tasks.reward_lambda.backends import make_backend
+from ray_bilevel.tasks.reward_lambda.calibration import resolve_beta0
 from ray_bilevel.tasks.reward_lambda.settings import (
     BASELINES,
     BUDGETS,
@@ -90,7 +95,8 @@ class RewardLambdaTask(Task):
         self.cfg: RewardLambdaSettings = resolve(self.settings_cls, self.presets, config)
         cfg: RewardLambdaSettings = self.cfg
         check_settings(cfg)
-        self.backend = make_backend(cfg)
+        self.backend = make_backend(cfg)  # first: a missing model is the more useful error
+        self.beta0, self.beta0_source = resolve_beta0(cfg)
         self.lam = float(cfg.lam)
         self.outer_done = 0
         self.samples_seen = 0
@@ -118,8 +124,8 @@ class RewardLambdaTask(Task):
 
     @property
     def beta(self) -> float:
-        """Guidance strength of the lower level, β = β0/λ (docs/algorithms.md §2.3, (11a))."""
-        return self.cfg.beta0 / self.lam
+        """Guidance strength of the lower level, β = β0/λ (docs/algorithms.md §2.3, (11a)); β0 calibrated by default."""
+        return self.beta0 / self.lam
 
     # -- budgets -------------------------------------------------------------------------------
     @property
@@ -165,7 +171,9 @@ class RewardLambdaTask(Task):
         return {"repeat": 0, "round": 0, "lin": None, "done": [], "current": None}
 
     def _reset_generation(self) -> None:
+        """A new guided generation (λ or the guidance changed); drops the cached test generation too."""
         self.gen: dict[str, Any] = self._new_generation()
+        self._test: torch.Tensor | None = None  # the test-noise generation at the current λ (evaluate_test)
 
     def _noise_seed(self, split: str, *parts: Any) -> int:
         """Seeds of the evaluation noise: fixed per (task seed, split), so every trial of a seed shares them and
@@ -252,6 +260,8 @@ class RewardLambdaTask(Task):
         c = self.cfg
         out = {f"alignment{suffix}": float(self.backend.score(self.backend.r1, x).mean()),
                f"reward{suffix}": float(self.backend.score(self.backend.r2, x).mean())}
+        if c.upper != "alignment":
+            out[f"prompt_alignment{suffix}"] = float(self.backend.score(self.backend.alignment, x).mean())
         if c.model == "digits" and self._fid_ok(len(x), 64, c.fid_domain_shrinkage):
             out[f"fid_domain{suffix}"] = self._evaluator("domain", split)(x.cpu())
             real = self._evaluator("domain_real", split)
@@ -289,15 +299,28 @@ class RewardLambdaTask(Task):
         val = self._guided_images()
         assert val is not None  # the generation was just completed
         out = {"lam": self.lam, **self._metrics(val, "val", "_val", inception=full)}
-        test = self._new_generation()
-        while test["repeat"] < self.cfg.repeats:
-            self._advance(test, "test")
         ref = self._reference("test")
-        images = self._images(test)
-        assert images is not None
-        out.update(self._metrics(images, "test", "", inception=full),
+        out.update(self._metrics(self._test_images(), "test", "", inception=full),
                    alignment_pretrained=float(ref["r1"].mean()), reward_pretrained=float(ref["r2"].mean()))
         return out
+
+    def _test_images(self) -> torch.Tensor:
+        """The complete guided generation at the current λ on the test noise (computed once per λ)."""
+        if self._test is None:
+            test = self._new_generation()
+            while test["repeat"] < self.cfg.repeats:
+                self._advance(test, "test")
+            self._test = self._images(test)
+        assert self._test is not None
+        return self._test
+
+    def test_scores(self) -> dict[str, torch.Tensor]:
+        """Per-sample scores of the test-noise generation at the current λ (the images behind ``evaluate_test``'s
+        un-suffixed ``alignment`` = mean of ``r1`` and ``reward`` = mean of ``r2``), float64 on the CPU: ``r1``,
+        ``r2`` and ``prompt_alignment``. For intervals (standard errors) and paired comparisons across λ: every λ
+        uses the same test noise."""
+        x, be = self._test_images(), self.backend
+        return {"r1": be.score(be.r1, x), "r2": be.score(be.r2, x), "prompt_alignment": be.score(be.alignment, x)}
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -315,6 +338,7 @@ class RewardLambdaTask(Task):
         g = state["gen"]
         self.gen = {"repeat": int(g["repeat"]), "round": int(g["round"]), "lin": g["lin"], "done": list(g["done"]),
                     "current": g["current"]}
+        self._test = None
 
     def export(self, directory: str) -> None:
         """``reward_lambda.json`` (settings, λ trajectory) and PNG grids of guided and pre-trained samples."""
@@ -324,6 +348,7 @@ class RewardLambdaTask(Task):
         path.mkdir(parents=True, exist_ok=True)
         record = {"task": self.name, "settings": {k: (list(v) if isinstance(v, tuple) else v)
                                                    for k, v in asdict(self.cfg).items()},
+                  "beta0": self.beta0, "beta0_source": self.beta0_source,
                   "hyperparameters": self.hyperparameters(), "trajectory": self.trajectory}
         (path / f"{self.name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         x = self._guided_images()

@@ -1,0 +1,263 @@
+"""The offline λ problem (docs/reward_lambda.md): the F(λ) sweep with intervals, and the "one λ" calibration.
+
+Two tables, from one run of the default ``reward_lambda`` task (offline digits model; ``upper="stroke_target"``):
+
+1. **F(λ) sweep.** At the task's 13 dense λ (log-spaced over [0.01, 100]) a guided generation on the TEST noise
+   (``RewardLambdaTask.test_scores``: the images behind ``evaluate_test``'s un-suffixed ``alignment`` and ``reward``),
+   mean ± 95 % interval (1.96 per-sample standard errors) of r1 (``alignment``, the upper objective) and r2 (ink,
+   ``reward``), the class alignment alone, and a verdict: is the best λ interior, and are both neighbours and both
+   ends worse beyond the intervals (unpaired: the intervals do not overlap; paired: the 95 % interval of the
+   per-sample difference, every λ using the same noise, excludes 0)?
+2. **Calibration.** Importance-weighted predictions ``E_{p*_λ}[r1]``, ``E_{p*_λ}[r2]`` (weights softmax(r2/λ) over a
+   large pool of pre-trained samples, with their effective sample size) against the guided means of table 1, and
+   the β0 of β = β0/λ that matches the guided mean of r2 to the prediction where the prediction is reliable
+   (``ess >= --min-ess``; ray_bilevel/tasks/reward_lambda/calibration.py). ``--calibrate`` writes it next to the
+   model (``guidance_calibration.json``), where tasks with ``beta0=None`` (the default) read it.
+
+Writes a JSON file and prints both markdown tables (last)::
+
+    python benchmarks/lambda_problem.py --preset quick --out results/lambda_problem.json
+    python benchmarks/lambda_problem.py --preset quick --beta0 0.01 --calibrate   # refit β0 from a probe β0
+
+Progress (the pool and every λ) is kept in ``<out>.partial.pt``; a run that is stopped (or ends with
+``--budget-s``) resumes from it. On a free 2-core CPU the quick run takes about 10 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+Z95 = 1.959963984540054
+START = time.perf_counter()
+
+
+def _mean_se(x: Any) -> tuple[float, float]:
+    import torch
+
+    x = torch.as_tensor(x, dtype=torch.float64)
+    return float(x.mean()), float(x.std(unbiased=True) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def _task(config: dict[str, Any]) -> Any:
+    from ray_bilevel.tasks.reward_lambda import RewardLambdaTask
+
+    return RewardLambdaTask({"task": "reward_lambda", **config})
+
+
+def run(config: dict[str, Any], pool_size: int, min_ess: float, partial: Path,
+        budget_s: float | None = None) -> dict[str, Any]:
+    import torch
+
+    from ray_bilevel.tasks.reward_lambda import RewardLambdaTask
+    from ray_bilevel.tasks.reward_lambda.calibration import derived_beta0, fit_beta0, tilted_means
+    from ray_bilevel.tasks.reward_lambda.task import _seed
+
+    state: dict[str, Any] = torch.load(partial, weights_only=False) if partial.is_file() else {}
+    if state.get("config") not in (None, config) or state.get("pool_size") not in (None, pool_size):
+        raise SystemExit(f"{partial} belongs to another run ({state.get('config')}, pool {state.get('pool_size')}); "
+                         "delete it or choose another --out.")
+    state.update(config=config, pool_size=pool_size)
+    state.setdefault("sweep", {})
+    task = _task(config)
+    c, be = task.cfg, task.backend
+    if "pool" not in state:  # pre-trained samples for the importance-weighted predictions (own noise seed)
+        t0 = time.perf_counter()
+        ref = be.reference(pool_size, _seed(c.eval_seed, c.seed, "calibration", "pool"), c.sample_batch)
+        state["pool"] = {"r1": ref["r1"], "r2": ref["r2"], "prompt_alignment": be.score(be.alignment, ref["images"]),
+                         "wall_s": time.perf_counter() - t0}
+        torch.save(state, partial)
+        print(f"pool of {pool_size} pre-trained samples: {state['pool']['wall_s']:.0f} s", flush=True)
+    if "unguided" not in state:  # the pre-trained samples from the guided generations' own test noise (round 0)
+        z = torch.cat([be.noise(c.guide_batch, task._noise_seed("test", "guide", j)) for j in range(c.repeats)])
+        x = be.sample(z, c.sample_batch)
+        state["unguided"] = {"r1": be.score(be.r1, x), "r2": be.score(be.r2, x),
+                             "prompt_alignment": be.score(be.alignment, x)}
+        torch.save(state, partial)
+    pool, unguided = state["pool"], state["unguided"]
+    lams = [float(p["lam"]) for p in RewardLambdaTask.oracle_points()]
+    done_here = 0  # λ computed by this invocation (--budget-s stops only after at least one)
+    for lam in lams:
+        if lam in state["sweep"]:
+            continue
+        walls = [s["wall_s"] for s in state["sweep"].values()]
+        if budget_s is not None and done_here and time.perf_counter() - START + max(walls[-3:]) > budget_s:
+            print(f"stopping before λ = {lam:g} (--budget-s {budget_s:g}); run the same command again to resume",
+                  flush=True)
+            raise SystemExit(3)
+        t0 = time.perf_counter()
+        t = _task({**config, "lam": lam})
+        scores = t.test_scores()
+        state["sweep"][lam] = {"beta": t.beta, **scores, "wall_s": time.perf_counter() - t0}
+        torch.save(state, partial)
+        done_here += 1
+        print(f"lam {lam:8.4g}: r1 {float(scores['r1'].mean()):6.2f}  r2 {float(scores['r2'].mean()):6.2f}  "
+              f"({state['sweep'][lam]['wall_s']:.0f} s)", flush=True)
+
+    rows = []
+    for lam in lams:
+        s = state["sweep"][lam]
+        pred = tilted_means(pool["r2"], lam, r1=pool["r1"], prompt_alignment=pool["prompt_alignment"])
+        row = {"lam": lam, "beta": s["beta"], "n": len(s["r1"]), "pred_ess": pred["ess"],
+               "pred_r1": pred["r1"], "pred_r2": pred["r2"], "pred_prompt_alignment": pred["prompt_alignment"]}
+        for key in ("r1", "r2", "prompt_alignment"):
+            row[f"{key}_mean"], row[f"{key}_se"] = _mean_se(s[key])
+        rows.append(row)
+
+    # the optimum and its margins
+    m = [r["r1_mean"] for r in rows]
+    best = max(range(len(m)), key=m.__getitem__)
+    checks = []
+    for j in sorted({best - 1, best + 1, 0, len(m) - 1} - {best}):
+        if not 0 <= j < len(m):
+            continue
+        a, b = rows[best], rows[j]
+        d = state["sweep"][lams[best]]["r1"] - state["sweep"][lams[j]]["r1"]
+        d_mean, d_se = _mean_se(d)
+        checks.append({"lam": b["lam"], "role": "neighbour" if abs(j - best) == 1 else "end",
+                       "diff": a["r1_mean"] - b["r1_mean"],
+                       "unpaired": a["r1_mean"] - Z95 * a["r1_se"] > b["r1_mean"] + Z95 * b["r1_se"],
+                       "paired_low": d_mean - Z95 * d_se, "paired": d_mean - Z95 * d_se > 0})
+    verdict = {"best_lam": rows[best]["lam"], "interior": 0 < best < len(m) - 1,
+               "unpaired_all": all(ch["unpaired"] for ch in checks), "paired_all": all(ch["paired"] for ch in checks),
+               "checks": checks}
+    # where the closed form puts the optimum: argmax of the importance-weighted E_{p*_λ}[r1] on a fine λ grid
+    fine = [math.exp(math.log(0.1) + i * (math.log(100.0) - math.log(0.1)) / 120) for i in range(121)]
+    pred_f = [tilted_means(pool["r2"], lam, r1=pool["r1"]) for lam in fine]
+    k = max(range(len(fine)), key=lambda i: pred_f[i]["r1"])
+    verdict["closed_form_best_lam"] = fine[k]
+    verdict["closed_form_best_r1"] = pred_f[k]["r1"]
+    verdict["closed_form_best_ess"] = pred_f[k]["ess"]
+
+    # calibration: β0 of β = β0/λ matching the guided mean of r2 to E_{p*_λ}[r2] where ess >= min_ess. Matched as
+    # shifts from the unguided mean (guided: the same test noise unguided; predicted: the pool mean), so that the
+    # two sample sets' different means do not enter the fit
+    ok = [r for r in rows if r["pred_ess"] >= min_ess]
+    m0, p0 = float(unguided["r2"].mean()), float(pool["r2"].mean())
+    beta0_fit, per_lam = fit_beta0([r["beta"] for r in rows], [r["r2_mean"] - m0 for r in rows],
+                                   [r["lam"] for r in ok], [r["pred_r2"] - p0 for r in ok])
+    calibration = {"beta0_used": task.beta0, "beta0_source": task.beta0_source, "beta0_fit": beta0_fit,
+                   "fit_per_lam": per_lam, "min_ess": min_ess,
+                   "beta0_derived": derived_beta0(c.y_star, float(pool["r2"].mean())),
+                   "pool_r2_mean": float(pool["r2"].mean()), "pool_r2_std": float(pool["r2"].std()),
+                   "pool_r1_mean": float(pool["r1"].mean()),
+                   "unguided_r1_mean": float(unguided["r1"].mean()), "unguided_r2_mean": m0,
+                   "pool_corr_r1_r2": float(torch.corrcoef(torch.stack([pool["r1"], pool["r2"]]))[0, 1])}
+    return {"config": config, "settings": {k: getattr(c, k) for k in (
+                "upper", "ink_target", "ink_scale", "reward", "alignment", "prompt", "steps", "rounds", "guide_batch",
+                "repeats", "y_star", "target", "reduction", "cfg_scale", "seed", "eval_seed")},
+            "pool_size": pool_size, "rows": rows, "verdict": verdict, "calibration": calibration,
+            "wall_s": pool["wall_s"] + sum(state["sweep"][lam]["wall_s"] for lam in lams)}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows, v, cal = result["rows"], result["verdict"], result["calibration"]
+    s = result["settings"]
+    n = rows[0]["n"]
+    lines = [f"F(λ) = −E[r1] on guided test samples ({n} per λ, same noise for every λ), r1 = {s['upper']} "
+             f"(ink_target {s['ink_target']:g}, ink_scale {s['ink_scale']:g}), β = β0/λ with β0 = "
+             f"{cal['beta0_used']:.4g} ({cal['beta0_source']}); mean ± 1.96 SE:", "",
+             "| λ | β | r1 = `alignment` | r2 = `reward` (ink) | class alignment | predicted r1 | predicted r2 | ESS |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mark = " **best**" if r["lam"] == v["best_lam"] else ""
+        lines.append(f"| {r['lam']:.4g}{mark} | {r['beta']:.3g} | {r['r1_mean']:.1f} ± {Z95 * r['r1_se']:.1f} | "
+                     f"{r['r2_mean']:.1f} ± {Z95 * r['r2_se']:.1f} | {r['prompt_alignment_mean']:.1f} | "
+                     f"{r['pred_r1']:.1f} | {r['pred_r2']:.1f} | {r['pred_ess']:.0f} |")
+    lines += ["", f"Best λ = {v['best_lam']:.4g} (interior: {v['interior']}); closed-form optimum (argmax of the "
+              f"importance-weighted E_p*λ[r1], pool of {result['pool_size']}): λ = {v['closed_form_best_lam']:.3g} "
+              f"(predicted r1 {v['closed_form_best_r1']:.1f}, ESS {v['closed_form_best_ess']:.0f}).", "",
+              "| compared with | λ | r1(best) − r1(λ) | intervals disjoint | paired 95 % lower bound | worse (paired) |",
+              "|---|---|---|---|---|---|"]
+    for ch in v["checks"]:
+        lines.append(f"| {ch['role']} | {ch['lam']:.4g} | {ch['diff']:.1f} | {ch['unpaired']} | "
+                     f"{ch['paired_low']:.1f} | {ch['paired']} |")
+    lines += ["", f"Calibration (pool of {result['pool_size']} pre-trained samples; r1 mean {cal['pool_r1_mean']:.1f}, "
+              f"r2 mean {cal['pool_r2_mean']:.2f} ± {cal['pool_r2_std']:.2f} sd, corr(r1, r2) "
+              f"{cal['pool_corr_r1_r2']:.2f}; the guided samples' own noise unguided: r1 {cal['unguided_r1_mean']:.1f}, "
+              f"r2 {cal['unguided_r2_mean']:.2f}). Fit on shifts from the unguided means: β0 used {cal['beta0_used']:.4g}, refit {cal['beta0_fit']:.4g} "
+              f"(per λ: {', '.join(f'{lam:.3g}: {b:.4g}' for lam, b in cal['fit_per_lam'].items())}; ESS ≥ "
+              f"{cal['min_ess']:g}), first-order derivation 1/(y* − E[r2]) = {cal['beta0_derived']:.4g}.", "",
+              "Δ = measured − predicted; Δ shift = (measured − unguided on the same noise) − (predicted − pool mean), "
+              "the same comparison without the difference between the two sample sets' means.", "",
+              "| λ | ESS | predicted r2 | measured r2 | Δ r2 | Δ shift r2 | predicted r1 | measured r1 | Δ r1 | Δ shift r1 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["pred_ess"] < 2:
+            continue
+        flag = "" if r["pred_ess"] >= cal["min_ess"] else " (low ESS)"
+        d2, d1 = r["r2_mean"] - r["pred_r2"], r["r1_mean"] - r["pred_r1"]
+        s2 = d2 - (cal["unguided_r2_mean"] - cal["pool_r2_mean"])
+        s1 = d1 - (cal["unguided_r1_mean"] - cal["pool_r1_mean"])
+        lines.append(f"| {r['lam']:.4g}{flag} | {r['pred_ess']:.0f} | {r['pred_r2']:.2f} | {r['r2_mean']:.2f} ± "
+                     f"{Z95 * r['r2_se']:.2f} | {d2:+.2f} | {s2:+.2f} | {r['pred_r1']:.1f} | "
+                     f"{r['r1_mean']:.1f} ± {Z95 * r['r1_se']:.1f} | {d1:+.1f} | {s1:+.1f} |")
+    return "\n".join(lines)
+
+
+def write_calibration_entry(result: dict[str, Any], command: str) -> Path:
+    import torch
+
+    from ray_bilevel.tasks.reward_lambda.calibration import calibration_path, write_calibration
+
+    s, cal = result["settings"], result["calibration"]
+    task = _task(result["config"])
+    path = calibration_path(task.cfg.model_path)
+    entry = {
+        "conditions": {k: s[k] for k in ("reward", "y_star", "target", "reduction", "cfg_scale", "steps")},
+        "beta0": round(cal["beta0_fit"], 6),
+        "provenance": {
+            "fitted_on": {k: s[k] for k in ("prompt", "alignment", "upper", "steps", "rounds", "seed", "eval_seed")},
+            "probe_beta0": cal["beta0_used"], "fit_per_lam": {f"{k:.6g}": v for k, v in cal["fit_per_lam"].items()},
+            "min_ess": cal["min_ess"], "pool_size": result["pool_size"], "guided_per_lam": result["rows"][0]["n"],
+            "beta0_derived_first_order": cal["beta0_derived"], "pool_r2_mean": cal["pool_r2_mean"],
+            "command": command, "date": datetime.date.today().isoformat(), "torch": torch.__version__},
+    }
+    write_calibration(path, entry)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=None,
+                   help="guided batches per λ (default: the preset's; quick: 3 batches of 32 images)")
+    p.add_argument("--pool", type=int, default=2048, help="pre-trained samples for the importance-weighted predictions")
+    p.add_argument("--min-ess", type=float, default=100.0, help="predictions with a smaller ESS are not fitted")
+    p.add_argument("--beta0", type=float, default=None, help="probe β0 (default: the model's calibration)")
+    p.add_argument("--calibrate", action="store_true", help="write the refitted β0 next to the model")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a task setting (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("results/lambda_problem.json"))
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop (exit code 3) before a λ that would end after this many seconds; rerun to resume")
+    args = p.parse_args(argv)
+    from ray_bilevel.cli import parse_key_values
+
+    config: dict[str, Any] = {"preset": args.preset, "seed": args.seed, **parse_key_values(args.set)}
+    if args.repeats is not None:
+        config["repeats"] = args.repeats
+    if args.beta0 is not None:
+        config["beta0"] = args.beta0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_name(args.out.name + ".partial.pt")
+    result = run(config, args.pool, args.min_ess, partial, args.budget_s)
+    command = "python benchmarks/lambda_problem.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["command"] = command
+    if args.calibrate:
+        result["calibration"]["written_to"] = str(write_calibration_entry(result, command))
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    print(f"\nwritten {args.out}" + (f"; calibration {result['calibration']['written_to']}" if args.calibrate else ""))
+
+
+if __name__ == "__main__":
+    main()
