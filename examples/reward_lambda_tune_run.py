@@ -1,10 +1,14 @@
 """Learn the entropy strength λ of reward-guided sampling with the bilevel trainable, through ``tune.run``.
 
 Application 1 of the paper (Algorithms 2 and 5): the lower level tilts the pre-trained model towards a
-reward r2 (offline default: stroke ink of a class-conditional MNIST U-Net shipped with the package), the upper
-level maximises prompt alignment r1 (offline: the digit classifier's probability of the prompt's digit). Each
-Tune iteration is one λ step from pre-trained samples (closed-form hypergradient); the last one generates the
-guided images at the learned λ and reports ``alignment``, ``reward``, ``fid`` and ``fid_domain``::
+reward r2 (offline default: stroke ink of a class-conditional MNIST U-Net shipped with the package); the upper
+level maximises r1 = 100 · p_classifier(prompt digit | x) · exp(−½((ink − 18)/3)²), "a recognisable digit at
+the target stroke weight" (``upper="alignment"`` keeps the paper's prompt alignment alone). Too little guidance
+misses the stroke weight, too much makes the digits unrecognisable, so the best λ is interior (about 2 at the
+quick preset; docs/reward_lambda.md). Each Tune iteration is one λ step from pre-trained samples (closed-form
+hypergradient); the last one generates the guided images at the learned λ (guidance strength β0/λ, β0
+calibrated so that the sampler draws the tilted distribution the hypergradient differentiates) and reports
+``alignment`` (the mean of r1), ``prompt_alignment``, ``reward``, ``fid`` and ``fid_domain``::
 
     python examples/reward_lambda_tune_run.py --preset smoke           # seconds-to-a-minute, offline, CPU
     python examples/reward_lambda_tune_run.py --preset quick --lam 5   # a few minutes on a 2-core CPU
@@ -50,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     trial = analysis.trials[0]
     last = trial.last_result
     print(f"\nlearned lam = {last['lam']:.4g} after {last['outer_steps']} λ steps")
-    for key in ("alignment", "reward", "fid", "fid_domain", "fid_domain_real", "alignment_pretrained",
-                "reward_pretrained"):
+    for key in ("alignment", "prompt_alignment", "reward", "fid", "fid_domain", "fid_domain_real",
+                "alignment_pretrained", "reward_pretrained"):
         if key in last:
             print(f"  {key:22s} {last[key]:.4g}")
     print(f"results (progress.csv has the λ trajectory): {trial.path}")

@@ -7,7 +7,9 @@ Three experiments on the same task, data, model, seeds and evaluator (Applicatio
 3. ``FixedHyperTrainable`` on the weighted-sum task over w ∈ {0.01, 0.1, 1, 10, 100} (guidance on r2 + w·r1).
 
 It prints one table (λ or w, alignment, reward, FID vs the pre-trained samples) and the best trial of each
-method by the task's metric (``alignment``)::
+method by the task's metric (``alignment``: the mean upper score r1, on the offline default "a recognisable 7
+at the target stroke weight", whose best λ is interior, about 2; docs/reward_lambda.md). Every method selects on
+the validation split (``alignment_val``); the printed values are the test split's::
 
     python examples/reward_lambda_tuner.py --preset smoke
     python examples/reward_lambda_tuner.py --preset quick --storage-path /tmp/ray_results
@@ -25,7 +27,7 @@ from ray_bilevel import BilevelTrainable, FixedHyperTrainable  # noqa: E402
 from ray_bilevel.tune.cluster import init_ray  # noqa: E402
 
 GRID = [0.01, 0.1, 1.0, 10.0, 100.0]
-COLUMNS = ("alignment", "reward", "fid", "fid_domain", "fid_domain_real")
+COLUMNS = ("alignment", "prompt_alignment", "reward", "fid", "fid_domain", "fid_domain_real")
 
 
 def fit(trainable, param_space: dict, name: str, storage: str | None) -> tune.ResultGrid:

@@ -219,6 +219,7 @@ TRIGGERS: dict[str, Trigger] = {
     "B54": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "lam": 0.0}),
     "B55": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "model": "sd"}),
     "B56": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "prompt": "a cat"}),
+    "B58": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "y_star": 50.0}),
     # a diverging U-Net (NaN score-matching loss)
     "B57": lambda tmp, cap: (task("noise_schedule"), train({"task": "noise_schedule", "preset": "smoke", "lr": 1e6}, 3)),
 }
