@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--out", default="benchmark_results", help="results folder (default ./benchmark_results)")
     p.add_argument("--resume", action="store_true", help="continue interrupted experiments in the storage path (Tuner.restore)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="task setting for every trial, e.g. --set eval_samples=500")
+    p.add_argument("--concurrent-methods", type=int, default=1, metavar="N",
+                   help="run up to N methods at once on the Ray instance (default 1: one at a time, so each method's "
+                   "wall time is its own; N>1 fills cores a single-trial method leaves idle; compare cost by CPU-s)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2, 3), help="Tune's verbosity (default 1: status tables)")
     a = p.parse_args(argv)
@@ -63,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
         tasks=tasks, preset=a.preset, methods=methods, trials=trials, seed=a.seed, seeds=seeds, address=a.address,
         num_cpus=a.num_cpus, resources=parse_resources(a.resources_per_trial), storage_path=a.storage_path,
         out=a.out, resume=a.resume, overrides=parse_key_values(a.set), verbose=a.verbose, plots=not a.no_plots,
+        concurrent_methods=a.concurrent_methods,
     )
 
 

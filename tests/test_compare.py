@@ -37,6 +37,7 @@ def test_cli_parses_every_option():
     assert cfg.overrides == {"eval_samples": 32, "family": "cosine"}
     default = compare.parse_args([])
     assert default.tasks == ["noise_schedule", "reward_lambda"] and default.preset == "quick" and default.methods is None
+    assert default.concurrent_methods == 1 and compare.parse_args(["--concurrent-methods", "3"]).concurrent_methods == 3
 
 
 def test_cli_rejects_unknown_method_and_task_before_starting_ray(capsys):
@@ -114,6 +115,25 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
     again = {r.row["method"]: r.row for r in resumed if r.row["seed"] == 0}
     for m in methods:  # nothing re-ran: the same best results, wall time carried over
         assert again[m]["metric_value"] == by[m]["metric_value"] and again[m]["wall_time_s"] >= by[m]["wall_time_s"]
+
+
+def test_concurrent_methods_overlap_and_give_the_same_answers(ray_local, tmp_path):
+    """``--concurrent-methods 2``: two methods' Tuners run at once (their time windows overlap), each in a Ray task,
+    with the same per-method results as one at a time (toy: deterministic trials, a fixed grid)."""
+    methods = ["default", "bilevel", "grid"]
+    kw = dict(tasks=["toy"], preset="smoke", methods=methods, trials=2, verbose=0, plots=False)
+    one = run_benchmark(BenchmarkConfig(**kw, out=str(tmp_path / "one")))
+    two = run_benchmark(BenchmarkConfig(**kw, out=str(tmp_path / "two"), concurrent_methods=2))
+    assert [r.row["method"] for r in two] == methods
+    for a, b in zip(one, two):
+        assert b.row["metric_value"] == pytest.approx(a.row["metric_value"], rel=1e-9)
+        assert b.row["best_config"] == a.row["best_config"] and b.checkpoint is not None and b.row["cpu_s"] > 0
+    state = {m: json.loads((tmp_path / "two" / "ray_results" / f"toy-{m}-s0" / "ray_bilevel_compare.json").read_text())
+             for m in methods}
+    first, second = state["default"], state["bilevel"]  # submitted together: the second starts before the first ends
+    assert second["start"] < first["start"] + first["wall_time_s"]
+    with pytest.raises(ConfigError, match="concurrent-methods"):
+        run_benchmark(BenchmarkConfig(**kw, out=str(tmp_path / "bad"), concurrent_methods=0))
 
 
 @pytest.mark.slow

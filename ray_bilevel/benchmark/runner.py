@@ -1,8 +1,9 @@
 """Run every method of the benchmark as a Tune experiment, then one final evaluation per method.
 
-Order of work: for each task, each method runs alone as one ``tune.Tuner`` (so its wall time is
-its own: all its trials, on the whole machine or cluster); then the final evaluations of every
-method's best checkpoint run as Ray tasks with the per-trial resources. Nothing here knows about
+Order of work: for each seed and task, each method runs as one ``tune.Tuner``, one method at a time
+(its wall time is its own) or, with ``concurrent_methods=N``, up to N at once, each Tuner in a Ray task
+on this node (Tune's controller is not thread-safe), so that a single-trial method leaves no core idle;
+then the final evaluations of every method's best checkpoint run as Ray tasks with the trial resources. Nothing here knows about
 diffusion: tasks are reached through the Task protocol and the trainables.
 """
 from __future__ import annotations
@@ -51,6 +52,9 @@ class BenchmarkConfig:
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     verbose: int = 1
     plots: bool = True
+    # methods run at once on one Ray instance (>1: each method's wall time then includes waiting for
+    # cores other methods hold; compare cost by CPU-seconds)
+    concurrent_methods: int = 1
 
 
 @dataclasses.dataclass
@@ -276,6 +280,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
 
     if cfg.trials is not None and cfg.trials != "paper" and (not isinstance(cfg.trials, int) or cfg.trials < 1):
         raise ConfigError(f"--trials must be >= 1, got {cfg.trials}.")
+    if not isinstance(cfg.concurrent_methods, int) or cfg.concurrent_methods < 1:
+        raise ConfigError(f"--concurrent-methods must be an integer >= 1, got {cfg.concurrent_methods!r}.")
     cfg.out = os.path.abspath(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
     storage = validate_storage_path(cfg.storage_path or os.path.join(cfg.out, "ray_results"))
@@ -286,18 +292,15 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     startup = time.perf_counter() - t_start
     check_resources_fit(cfg.resources)
     max_concurrent = _max_concurrent(cfg.resources)
-    runs: list[MethodRun] = []
     t_all = time.perf_counter()
     seeds = [int(s) for s in (cfg.seeds if cfg.seeds else [cfg.seed])]
+    jobs: list[tuple[TaskPlan, int, str]] = []
     for seed in seeds:
         for plan in plans:
             _log(f"task {get_task(plan.task).name or plan.task} (preset {cfg.preset}, seed {seed}): methods "
                  f"{list(plan.methods)}, {plan.trials} trial(s) per searcher, selection on {plan.metric} ({plan.mode})")
-            for method in plan.methods:
-                run = run_method(plan.task, method, cfg, {**plan.base, "seed": seed}, plan.metric, plan.mode,
-                                 plan.trials, plan.budget, storage, max_concurrent, plan.names)
-                run.row["metric"] = plan.report_metric
-                runs.append(run)
+            jobs.extend((plan, seed, method) for method in plan.methods)
+    runs = _run_jobs(jobs, cfg, storage, max_concurrent)
     tuned = time.perf_counter() - t_all
     reporting_cpu = evaluate_runs(runs, cfg.out, cfg.resources, _remote_options, _log)
     add_regret([r.row for r in runs])
@@ -312,6 +315,46 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
         run.row.update(utilisation=cfg_info["utilisation"], startup_s=cfg_info["startup_s"], run_wall_s=cfg_info["wall_s"])
     write_outputs(runs, cfg, efficiency=cfg_info)
     return runs
+
+
+def _run_job(job: tuple[TaskPlan, int, str], cfg: BenchmarkConfig, storage: str, max_concurrent: int) -> MethodRun:
+    plan, seed, method = job
+    run = run_method(plan.task, method, cfg, {**plan.base, "seed": seed}, plan.metric, plan.mode, plan.trials,
+                     plan.budget, storage, max_concurrent, plan.names)
+    run.row["metric"] = plan.report_metric
+    return run
+
+
+def _run_job_remote(job: tuple[TaskPlan, int, str], cfg: BenchmarkConfig, storage: str, max_concurrent: int) -> MethodRun:
+    """:func:`_run_job` in a Ray task; the searcher and scheduler objects stay there (only the summary returns)."""
+    run = _run_job(job, cfg, storage, max_concurrent)
+    run.spec = dataclasses.replace(run.spec, search_alg=None, scheduler=None, searcher=None)
+    return run
+
+
+def _run_jobs(jobs: list[tuple[TaskPlan, int, str]], cfg: BenchmarkConfig, storage: str,
+              max_concurrent: int) -> list[MethodRun]:
+    """Every (task plan, seed, method), ``cfg.concurrent_methods`` at a time, results in job order. Concurrent
+    methods run their Tuner in Ray tasks (``num_cpus=0``: trials hold the cores) pinned to this node (local paths)."""
+    width = int(cfg.concurrent_methods)
+    if width == 1 or len(jobs) < 2:
+        return [_run_job(job, cfg, storage, max_concurrent) for job in jobs]
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    remote = ray.remote(num_cpus=0, max_retries=0)(_run_job_remote).options(scheduling_strategy=here)
+    done: dict[int, MethodRun] = {}
+    pending: dict[Any, int] = {}
+    queue = list(enumerate(jobs))
+    while queue or pending:
+        while queue and len(pending) < width:
+            i, job = queue.pop(0)
+            pending[remote.remote(job, cfg, storage, max_concurrent)] = i
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            done[pending.pop(ref)] = ray.get(ref)  # re-raises a method's error (ConfigError, interruption) here
+    return [done[i] for i in range(len(jobs))]
 
 
 @dataclasses.dataclass
