@@ -74,7 +74,7 @@ def run_trial(variant: str, seed: int, args: argparse.Namespace) -> dict[str, An
     report = {k: float(v) for k, v in task.evaluate_test(full=False).items()}
     cpu = time.process_time() - c0
     ratios = [s["hypergrad_penalty_norm"] / s["hypergrad_upper_norm"] for s in steps if s.get("hypergrad_upper_norm", 0) > 0]
-    out = {"variant": variant, "seed": seed, "config": config, "fid_domain": report["fid_domain"],
+    out = {"variant": variant, "seed": seed, "commit": _commit(), "config": config, "fid_domain": report["fid_domain"],
            "fid_domain_val": report["fid_domain_val"], **task.hyperparameters(), "cpu_s": cpu, "train_cpu_s": train_cpu,
            "lower_steps": task.lower_steps, "bilevel_steps": len(steps), "steps": steps,
            "mean_penalty_ratio": sum(ratios) / len(ratios) if ratios else None,
@@ -96,6 +96,50 @@ def table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _commit() -> str | None:
+    import subprocess
+
+    try:
+        here = Path(__file__).resolve().parents[1]
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _ci(values: list[float | None]) -> str:
+    from ray_bilevel.benchmark.stats import mean_ci
+
+    mean, low, high, n = mean_ci(values)
+    if mean is None:
+        return "—"
+    digits = 3 if abs(mean) < 10 else 1
+    return f"{mean:.{digits}f}" if low is None or high is None else f"{mean:.{digits}f} ± {(high - low) / 2:.{digits}f}"
+
+
+def summary(entries: list[dict[str, Any]]) -> str:
+    """Mean ± 95 % t interval over seeds per variant, and per-seed paired ratios against the ``default`` variant
+    (its FID and its CPU-seconds: the targets "≤ 0.70 × the default's FID at ≤ 2.0 × its CPU-seconds")."""
+    by = {(e["variant"], e["seed"]): e for e in entries}
+    seeds = sorted({e["seed"] for e in entries})
+    rows = ["| variant | seeds | fid_domain (test) | fid_domain_val | ÷ default (test, paired) | cpu s | ÷ default cpu | tau | "
+            "mean ‖γ(h_z−h_y)‖/‖ĝ_q‖ | mean cosine |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for v in VARIANTS:
+        es = [by[(v, s)] for s in seeds if (v, s) in by]
+        if not es:
+            continue
+        ratio = [e["fid_domain"] / by[("default", e["seed"])]["fid_domain"] for e in es if ("default", e["seed"]) in by]
+        cpu = [e["cpu_s"] / by[("default", e["seed"])]["cpu_s"] for e in es if ("default", e["seed"]) in by]
+        rows.append(f"| {v} | {len(es)} | {_ci([e['fid_domain'] for e in es])} | {_ci([e['fid_domain_val'] for e in es])} | "
+                    f"{_ci(ratio)} | {_ci([e['cpu_s'] for e in es])} | {_ci(cpu)} | {_ci([e['tau'] for e in es])} | "
+                    f"{_ci([e['mean_penalty_ratio'] for e in es])} | {_ci([e['mean_cosine'] for e in es])} |")
+    commits = sorted({str(e.get("commit")) for e in entries})
+    return "\n".join(rows) + f"\n\nCommit(s): {', '.join(commits)}; mean ± half-width of the 95 % t interval over seeds.\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="quick")
@@ -109,18 +153,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tau", type=float, default=1.4, help="the fixed_tau variant's tau")
     p.add_argument("--override", default="{}", help='JSON of extra task settings for every variant, e.g. \'{"outer_steps": 15}\'')
     p.add_argument("--out", type=Path, default=Path("results/penalty_ablation.json"))
+    p.add_argument("--render-only", action="store_true", help="only rewrite the .md tables from --out's JSON")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="FID with")
     warnings.filterwarnings("ignore", message="noise_schedule: projected")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = json.loads(args.out.read_text()) if args.out.is_file() else []
-    for seed in args.seeds:
+    for seed in [] if args.render_only else args.seeds:
         for variant in args.variants:
             result = run_trial(variant, seed, args)
             entries = [e for e in entries if (e["variant"], e["seed"]) != (variant, seed)] + [result]
             args.out.write_text(json.dumps(entries, indent=1))
-            args.out.with_suffix(".md").write_text(table(entries))
-    print(table(entries))
+            args.out.with_suffix(".md").write_text(table(entries) + "\n" + summary(entries))
+    args.out.with_suffix(".md").write_text(table(entries) + "\n" + summary(entries))
+    print(table(entries) + "\n" + summary(entries))
 
 
 if __name__ == "__main__":
