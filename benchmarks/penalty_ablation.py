@@ -116,8 +116,8 @@ def _ci(values: list[float | None]) -> str:
     mean, low, high, n = mean_ci(values)
     if mean is None:
         return "—"
-    digits = 3 if abs(mean) < 10 else 1
-    return f"{mean:.{digits}f}" if low is None or high is None else f"{mean:.{digits}f} ± {(high - low) / 2:.{digits}f}"
+    fmt = ".2e" if 0 < abs(mean) < 0.01 else (".3f" if abs(mean) < 10 else ".1f")
+    return f"{mean:{fmt}}" if low is None or high is None else f"{mean:{fmt}} ± {(high - low) / 2:{fmt}}"
 
 
 def summary(entries: list[dict[str, Any]]) -> str:
