@@ -117,12 +117,19 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
         assert again[m]["metric_value"] == by[m]["metric_value"] and again[m]["wall_time_s"] >= by[m]["wall_time_s"]
 
 
-def test_concurrent_methods_overlap_and_give_the_same_answers(ray_local, tmp_path):
+def test_concurrent_methods_overlap_and_give_the_same_answers(ray_local, tmp_path, monkeypatch):
     """``--concurrent-methods 2``: two methods' Tuners run at once (their time windows overlap), each in a Ray task,
-    with the same per-method results as one at a time (toy: deterministic trials, a fixed grid)."""
+    with the same per-method results as one at a time (toy: deterministic trials, a fixed grid). run_info.json names
+    the commit read when the run started, not when it ended."""
+    from ray_bilevel.benchmark import report
+
+    calls = []
+    monkeypatch.setattr(report, "git_commit", lambda **kw: calls.append(1) or {"sha": f"read{len(calls)}", "dirty": False,
+                                                                                "dirty_files": []})
     methods = ["default", "bilevel", "grid"]
     kw = dict(tasks=["toy"], preset="smoke", methods=methods, trials=2, verbose=0, plots=False)
     one = run_benchmark(BenchmarkConfig(**kw, out=str(tmp_path / "one")))
+    assert json.loads((tmp_path / "one" / "run_info.json").read_text())["commit"] == "read1" and len(calls) == 1
     two = run_benchmark(BenchmarkConfig(**kw, out=str(tmp_path / "two"), concurrent_methods=2))
     assert [r.row["method"] for r in two] == methods
     for a, b in zip(one, two):

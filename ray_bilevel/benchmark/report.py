@@ -322,11 +322,13 @@ def git_commit(path: str | None = None, exclude: str | None = None) -> dict[str,
     return {"sha": sha, "dirty": bool(files), "dirty_files": files[:50]}
 
 
-def write_outputs(runs: Sequence[Any], cfg: Any, efficiency: dict[str, Any] | None = None) -> str:
+def write_outputs(runs: Sequence[Any], cfg: Any, efficiency: dict[str, Any] | None = None,
+                  commit: dict[str, Any] | None = None) -> str:
     """Write every output file into ``cfg.out`` (results.json with every row key incl. ``curve`` / ``sweep``,
     results.csv with :data:`COLUMNS`, summary.json, trials.csv, curves.json, run_info.json with the command, the
     commit and ``efficiency`` (the runner's wall / CPU / utilisation figures), table.md), make the plots, print
-    the table last; returns the table."""
+    the table last; returns the table. ``commit``: :func:`git_commit` taken when the run started (the code that
+    ran; the checkout may have moved on since), read now when not given."""
     out = cfg.out
     extra = ("preset", "seed", "settings")
     rows = [_clean({**{c: r.row.get(c) for c in COLUMNS + extra}, **r.row, "final_metrics": r.final_metrics or None})
@@ -348,7 +350,7 @@ def write_outputs(runs: Sequence[Any], cfg: Any, efficiency: dict[str, Any] | No
         json.dump(_clean(curves), fh, indent=1, allow_nan=False)
     import ray
 
-    commit = git_commit(exclude=out)
+    commit = commit or git_commit(exclude=out)
     info = {"argv": sys.argv, "commit": commit["sha"], "dirty": commit["dirty"], "dirty_files": commit["dirty_files"],
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),

@@ -275,7 +275,7 @@ def _remote_options(resources: Mapping[str, float]) -> dict[str, Any]:
 
 def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     """Run every (task, method), evaluate, write results.json / results.csv / table.md / plots into ``cfg.out``."""
-    from ray_bilevel.benchmark.report import write_outputs
+    from ray_bilevel.benchmark.report import git_commit, write_outputs
     from ray_bilevel.tune.cluster import check_resources_fit, init_ray, validate_storage_path
 
     if cfg.trials is not None and cfg.trials != "paper" and (not isinstance(cfg.trials, int) or cfg.trials < 1):
@@ -287,6 +287,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     storage = validate_storage_path(cfg.storage_path or os.path.join(cfg.out, "ray_results"))
     assert storage is not None  # a path was given
     plans = [_task_plan(task, cfg) for task in cfg.tasks]  # validate every task before starting Ray
+    commit = git_commit(exclude=cfg.out)  # the code that runs (the checkout may move on while it runs)
     t_start = time.perf_counter()
     init_ray(cfg.address, num_cpus=cfg.num_cpus if cfg.address in (None, "local") else None)
     startup = time.perf_counter() - t_start
@@ -313,7 +314,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
                 "utilisation": round((trial_cpu + reporting_cpu) / max(1e-9, (wall + startup) * cores), 3)}
     for run in runs:  # every row carries the run's efficiency figures (the same for every row of one run)
         run.row.update(utilisation=cfg_info["utilisation"], startup_s=cfg_info["startup_s"], run_wall_s=cfg_info["wall_s"])
-    write_outputs(runs, cfg, efficiency=cfg_info)
+    write_outputs(runs, cfg, efficiency=cfg_info, commit=commit)
     return runs
 
 
