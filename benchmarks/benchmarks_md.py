@@ -72,6 +72,22 @@ def _machine(info: dict[str, Any]) -> str:
     return "; ".join(parts) or "–"
 
 
+def _efficiency(info: dict[str, Any]) -> str | None:
+    """The run's own efficiency figures (run_info.json, written by the runner), or None for older runs."""
+    if info.get("wall_s") is None:
+        return None
+    conc = (info.get("config") or {}).get("concurrent_methods") or 1
+    cores = info.get("cores") or 1
+    wall, startup = float(info["wall_s"]), float(info.get("startup_s") or 0.0)
+    tuning = info.get("tuning_wall_s")
+    return (f"Efficiency: {wall / 60:.1f} min wall after a {startup:.0f} s start-up"
+            + (f" ({float(tuning) / 60:.1f} min tuning, {(wall - float(tuning)) / 60:.1f} min test-split reporting)"
+               if tuning is not None else "")
+            + f"; Σ trial CPU-s {float(info.get('trial_cpu_s') or 0):.0f}, Σ reporting CPU-s "
+            f"{float(info.get('reporting_cpu_s') or 0):.0f}; utilisation = Σ CPU-s / ((wall + start-up) × {cores:g} "
+            f"cores) = {info.get('utilisation')}; {conc} method(s) at a time.")
+
+
 def section(results_dir: str, title: str | None = None, command: str | None = None, link_base: str | None = None,
             plots: bool = True) -> str:
     """The markdown section of ``results_dir`` (see the module docstring)."""
@@ -95,6 +111,9 @@ def section(results_dir: str, title: str | None = None, command: str | None = No
     lines.append(commit_line + ".  ")
     lines.append(f"Date: {info.get('date') or '–'}.  ")
     lines.append(f"Machine: {_machine(info)}.\n")
+    effort = _efficiency(info)
+    if effort:
+        lines.append(effort + "\n")
     lines.append(markdown_report(rows))
     folder = os.path.join(results_dir, "plots")
     if plots:

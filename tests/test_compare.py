@@ -195,3 +195,12 @@ def test_pbt_explore_stays_in_the_box_and_remote_options_match_trial_resources()
         "end": 1.0, "tau": 1.0, "start": 0.1, "eps": 0.04, "seed": 3}
     assert _remote_options({"cpu": 2.0, "gpu": 0.5, "rb_worker": 1.0}) == {
         "num_cpus": 2.0, "num_gpus": 0.5, "resources": {"rb_worker": 1.0}}
+
+
+def test_run_ordered_keeps_order_and_checks_width():
+    from ray_bilevel.benchmark.pool import run_ordered
+
+    seen: list[str] = []
+    assert run_ordered(lambda j: j * 2, [3, 1, 2], 1, log=seen.append) == [6, 2, 4] and seen == []
+    with pytest.raises(ValueError, match="width must be >= 1, got 0"):
+        run_ordered(lambda j: j, [1, 2], 0)

@@ -9,6 +9,7 @@ diffusion: tasks are reached through the Task protocol and the trainables.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ray_bilevel.benchmark.methods import ExperimentSpec, build_experiment, iterations_per_step, methods_for
+from ray_bilevel.benchmark.pool import run_ordered
 from ray_bilevel.benchmark.reporting import ROW_METRICS, _finite, add_regret, evaluate_runs
 from ray_bilevel.benchmark.trainables import BenchBilevelTrainable, BenchFixedTrainable
 from ray_bilevel.config import ConfigError
@@ -318,44 +320,26 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     return runs
 
 
-def _run_job(job: tuple[TaskPlan, int, str], cfg: BenchmarkConfig, storage: str, max_concurrent: int) -> MethodRun:
+def _run_job(job: tuple[TaskPlan, int, str], cfg: BenchmarkConfig, storage: str, max_concurrent: int,
+             remote: bool = False) -> MethodRun:
+    """One method of one task and seed; in a Ray task (``remote``) the searcher and scheduler stay there."""
     plan, seed, method = job
     run = run_method(plan.task, method, cfg, {**plan.base, "seed": seed}, plan.metric, plan.mode, plan.trials,
                      plan.budget, storage, max_concurrent, plan.names)
     run.row["metric"] = plan.report_metric
-    return run
-
-
-def _run_job_remote(job: tuple[TaskPlan, int, str], cfg: BenchmarkConfig, storage: str, max_concurrent: int) -> MethodRun:
-    """:func:`_run_job` in a Ray task; the searcher and scheduler objects stay there (only the summary returns)."""
-    run = _run_job(job, cfg, storage, max_concurrent)
-    run.spec = dataclasses.replace(run.spec, search_alg=None, scheduler=None, searcher=None)
+    if remote:
+        run.spec = dataclasses.replace(run.spec, search_alg=None, scheduler=None, searcher=None)
     return run
 
 
 def _run_jobs(jobs: list[tuple[TaskPlan, int, str]], cfg: BenchmarkConfig, storage: str,
               max_concurrent: int) -> list[MethodRun]:
-    """Every (task plan, seed, method), ``cfg.concurrent_methods`` at a time, results in job order. Concurrent
-    methods run their Tuner in Ray tasks (``num_cpus=0``: trials hold the cores) pinned to this node (local paths)."""
+    """Every (task plan, seed, method), ``cfg.concurrent_methods`` at a time (:func:`.pool.run_ordered`)."""
     width = int(cfg.concurrent_methods)
-    if width == 1 or len(jobs) < 2:
-        return [_run_job(job, cfg, storage, max_concurrent) for job in jobs]
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    remote = ray.remote(num_cpus=0, max_retries=0)(_run_job_remote).options(scheduling_strategy=here)
-    done: dict[int, MethodRun] = {}
-    pending: dict[Any, int] = {}
-    queue = list(enumerate(jobs))
-    while queue or pending:
-        while queue and len(pending) < width:
-            i, job = queue.pop(0)
-            pending[remote.remote(job, cfg, storage, max_concurrent)] = i
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            done[pending.pop(ref)] = ray.get(ref)  # re-raises a method's error (ConfigError, interruption) here
-    return [done[i] for i in range(len(jobs))]
+    return run_ordered(
+        functools.partial(_run_job, cfg=cfg, storage=storage, max_concurrent=max_concurrent, remote=width > 1),
+        jobs, width, _log, describe=lambda j: f"{get_task(j[0].task).name or j[0].task} / {j[2]} / seed {j[1]}",
+        done_note=lambda r: f": {r.row['trials']} trial(s), {r.row['cpu_s']:.0f} CPU-s, {r.row['wall_time_s']:.0f} s wall")
 
 
 @dataclasses.dataclass
