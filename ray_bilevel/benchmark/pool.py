@@ -32,7 +32,7 @@ def run_ordered(fn: Callable[[J], R], jobs: Sequence[J], width: int, log: Callab
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    remote = ray.remote(num_cpus=0, max_retries=0)(_call).options(scheduling_strategy=here)
+    remote: Any = ray.remote(num_cpus=0, max_retries=0)(_call).options(scheduling_strategy=here)
     done: dict[int, R] = {}
     pending: dict[Any, int] = {}
     queue = list(enumerate(jobs))
