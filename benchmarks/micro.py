@@ -404,7 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-only", action="store_true", help="with --compile: only the torch.compile rows (train, ddim)")
     p.add_argument("--merge", action="store_true",
                    help="keep the rows of other loops already in --out (split a long measurement over several runs)")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="measure nothing: print the markdown table of a JSON this script wrote (BENCHMARKS.md's table)")
     args = p.parse_args(argv)
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())["rows"]))
+        return 0
     torch.set_num_threads(args.threads)
     ONLY_COMPILE[0] = args.compile and args.compile_only
     loops = [y for x in args.loops.split(",") if x.strip() for y in (("ddim96", "ddim500") if x.strip() == "ddim" else (x.strip(),))]
