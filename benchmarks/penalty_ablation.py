@@ -165,8 +165,11 @@ def main(argv: list[str] | None = None) -> None:
             entries = [e for e in entries if (e["variant"], e["seed"]) != (variant, seed)] + [result]
             args.out.write_text(json.dumps(entries, indent=1))
             args.out.with_suffix(".md").write_text(table(entries) + "\n" + summary(entries))
-    args.out.with_suffix(".md").write_text(table(entries) + "\n" + summary(entries))
-    print(table(entries) + "\n" + summary(entries))
+    text = table(entries) + "\n" + summary(entries)
+    md = args.out.with_suffix(".md")
+    if not md.is_file() or md.read_text() != text:  # --render-only on an up-to-date folder writes nothing
+        md.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,10 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
     again = {r.row["method"]: r.row for r in resumed if r.row["seed"] == 0}
     for m in methods:  # nothing re-ran: the same best results, wall time carried over
         assert again[m]["metric_value"] == by[m]["metric_value"] and again[m]["wall_time_s"] >= by[m]["wall_time_s"]
+    # another budget cannot extend a finished search (Tune would restore the old num_samples silently)
+    with pytest.raises(ConfigError, match=r"toy-bayes-s0 was run with 3 trial\(s\), and --resume now asks for 4"):
+        run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=["bayes"], trials=4, out=str(tmp_path),
+                                      verbose=0, resume=True))
 
 
 def test_concurrent_methods_overlap_and_give_the_same_answers(ray_local, tmp_path, monkeypatch):

@@ -114,6 +114,18 @@ def _prepare_dir(path: str, resume: bool) -> dict[str, Any]:
     return state
 
 
+def _check_budget(state: dict[str, Any], trials: int, path: str) -> None:
+    """A resumed method must ask for the budget it was run with: Tune restores an experiment with its old
+    ``num_samples``, and a searcher's first n points are not the first n of a longer search (the GP's random
+    start scales with the budget), so "more trials" cannot extend a finished search without changing it."""
+    done = state.get("trials")
+    if done is not None and int(done) != int(trials):
+        raise ConfigError(
+            f"{path} was run with {done} trial(s), and --resume now asks for {trials}: a finished search cannot be "
+            f"extended to another budget without changing its answer. Write the new budget to another --out, or "
+            f"delete {path} to rerun this method with {trials} trial(s) (finished methods and seeds are still reused).")
+
+
 def run_method(
     task: Any,
     method: str,
@@ -140,6 +152,7 @@ def run_method(
     name = f"{task}-{method}-s{seed}"
     path = f"{storage.rstrip('/')}/{name}" if is_uri(storage) else os.path.join(storage, name)
     state = _prepare_dir(path, cfg.resume)
+    _check_budget(state, spec.trials, path)
     if spec.scheduler is not None:
         random.seed(seed)  # PBT's explore draws from `random` / numpy's global generator
         import numpy as np
@@ -171,7 +184,7 @@ def run_method(
     grid = tuner.fit()
     wall = time.perf_counter() - t0 + float(state.get("wall_time_s", 0.0))
     if not is_uri(path):
-        _write_state(path, {"wall_time_s": wall, "start": start, "task": task, "method": method})
+        _write_state(path, {"wall_time_s": wall, "start": start, "task": task, "method": method, "trials": spec.trials})
     if grid.num_terminated + grid.num_errors < len(grid):  # Ctrl-C: Tune stopped the experiment early
         raise KeyboardInterrupt(f"{task} / {method} was interrupted; continue it with --resume.")
     run = _summarise(spec, grid, wall, start, hyper_names)
