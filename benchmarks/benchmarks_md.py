@@ -83,9 +83,11 @@ def _efficiency(info: dict[str, Any]) -> str | None:
     return (f"Efficiency: {wall / 60:.1f} min wall after a {startup:.0f} s start-up"
             + (f" ({float(tuning) / 60:.1f} min tuning, {(wall - float(tuning)) / 60:.1f} min test-split reporting)"
                if tuning is not None else "")
-            + f"; Σ trial CPU-s {float(info.get('trial_cpu_s') or 0):.0f}, Σ reporting CPU-s "
-            f"{float(info.get('reporting_cpu_s') or 0):.0f}; utilisation = Σ CPU-s / ((wall + start-up) × {cores:g} "
-            f"cores) = {info.get('utilisation')}; {conc} method(s) at a time.")
+            + f"; Σ trial CPU-s {float(info.get('trial_cpu_s') or 0):.0f}"
+            + (f" (of which {float(info['reused_cpu_s']):.0f} reused from an earlier invocation: --resume)"
+               if info.get("reused_cpu_s") else "")
+            + f", Σ reporting CPU-s {float(info.get('reporting_cpu_s') or 0):.0f}; utilisation = Σ CPU-s of this "
+            f"invocation / ((wall + start-up) × {cores:g} cores) = {info.get('utilisation')}; {conc} method(s) at a time.")
 
 
 def section(results_dir: str, title: str | None = None, command: str | None = None, link_base: str | None = None,

@@ -115,6 +115,12 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
     again = {r.row["method"]: r.row for r in resumed if r.row["seed"] == 0}
     for m in methods:  # nothing re-ran: the same best results, wall time carried over
         assert again[m]["metric_value"] == by[m]["metric_value"] and again[m]["wall_time_s"] >= by[m]["wall_time_s"]
+    # efficiency counts this invocation only: the reused seed-0 methods' CPU-s are booked as reused
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert all(again[m]["session_cpu_s"] == 0.0 for m in methods), {m: (again[m]["session_cpu_s"], again[m]["cpu_s"]) for m in methods}
+    assert info["reused_cpu_s"] == pytest.approx(sum(by[m]["cpu_s"] for m in methods), abs=0.05)
+    session = info["trial_cpu_s"] - info["reused_cpu_s"] + info["reporting_cpu_s"]
+    assert session <= (info["wall_s"] + info["startup_s"]) * info["cores"] * 1.01 and info["utilisation"] <= 1.01
     # another budget cannot extend a finished search (Tune would restore the old num_samples silently)
     with pytest.raises(ConfigError, match=r"toy-bayes-s0 was run with 3 trial\(s\), and --resume now asks for 4"):
         run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=["bayes"], trials=4, out=str(tmp_path),

@@ -53,13 +53,16 @@ def evaluate_runs(runs: Sequence[Any], out: str, resources: Mapping[str, Any], r
     if pending:
         log(f"reporting: test-split evaluation of {len(pending)} chosen checkpoint(s) (excluded from every method's cost)")
     cpu = 0.0
-    for ref, run, trial, full in pending:
+    for i, (ref, run, trial, full) in enumerate(pending, 1):
+        what = f"{run.row['task']} / {run.row['method']} / seed {run.row.get('seed')}"
         try:
             result = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - one failed evaluation must not lose the others
-            log(f"{run.row['task']} / {run.row['method']}: reporting evaluation failed: {exc}")
+            log(f"{what}: reporting evaluation failed: {exc}")
             continue
         cpu += result["cpu_s"]
+        log(f"reporting: {i} of {len(pending)} done ({what}, {'answer' if full else 'curve point'}, "
+            f"{result['cpu_s']:.0f} CPU-s)")
         metrics = {k: _finite(v) for k, v in result["metrics"].items()}
         trial["test"] = metrics.get(run.row["metric"])
         if full:

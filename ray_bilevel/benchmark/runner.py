@@ -126,6 +126,17 @@ def _check_budget(state: dict[str, Any], trials: int, path: str) -> None:
             f"delete {path} to rerun this method with {trials} trial(s) (finished methods and seeds are still reused).")
 
 
+def _session_cpu(state: Mapping[str, Any], grid: Any, t_fit: float, total: float) -> float:
+    """CPU-seconds the method's trials spent in this invocation: its total minus what an earlier session of a
+    resumed folder had spent (recorded in the state file; for a folder of an older version without that record, a
+    method none of whose trials reported since this session began ran entirely before it)."""
+    prior = state.get("cpu_s")
+    if prior is None and state.get("wall_time_s"):
+        stamps = [float((grid[i].metrics or {}).get("timestamp") or 0.0) for i in range(len(grid))]
+        prior = total if stamps and max(stamps) < t_fit else 0.0
+    return max(0.0, total - float(prior or 0.0))
+
+
 def run_method(
     task: Any,
     method: str,
@@ -180,14 +191,17 @@ def run_method(
             ),
         )
     start = float(state.get("start", time.time()))
-    t0 = time.perf_counter()
+    t0, t_fit = time.perf_counter(), time.time()
     grid = tuner.fit()
     wall = time.perf_counter() - t0 + float(state.get("wall_time_s", 0.0))
+    cpu_now = sum(float((grid[i].metrics or {}).get("cpu_s") or 0.0) for i in range(len(grid)))
     if not is_uri(path):
-        _write_state(path, {"wall_time_s": wall, "start": start, "task": task, "method": method, "trials": spec.trials})
+        _write_state(path, {"wall_time_s": wall, "start": start, "task": task, "method": method, "trials": spec.trials,
+                            "cpu_s": cpu_now})
     if grid.num_terminated + grid.num_errors < len(grid):  # Ctrl-C: Tune stopped the experiment early
         raise KeyboardInterrupt(f"{task} / {method} was interrupted; continue it with --resume.")
     run = _summarise(spec, grid, wall, start, hyper_names)
+    run.row["session_cpu_s"] = round(_session_cpu(state, grid, t_fit, cpu_now), 2)
     run.row["preset"] = cfg.preset
     run.row["settings"] = {k: v for k, v in base.items() if k not in ("task", "preset", "seed")}
     run.row["seed"] = seed
@@ -324,9 +338,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     _log(f"all methods done in {wall:.1f} s ({tuned:.1f} s tuning, {wall - tuned:.1f} s reporting)")
     cores = _cluster_cpus()
     trial_cpu = sum(r.row["cpu_s"] or 0.0 for r in runs)
+    # utilisation counts the CPU-s of this invocation only: a resumed run reuses methods that ran before it
+    session_cpu = sum(r.row.get("session_cpu_s", r.row["cpu_s"] or 0.0) for r in runs)
     cfg_info = {"wall_s": round(wall, 2), "startup_s": round(startup, 2), "tuning_wall_s": round(tuned, 2),
-                "trial_cpu_s": round(trial_cpu, 2), "reporting_cpu_s": round(reporting_cpu, 2), "cores": cores,
-                "utilisation": round((trial_cpu + reporting_cpu) / max(1e-9, (wall + startup) * cores), 3)}
+                "trial_cpu_s": round(trial_cpu, 2), "reused_cpu_s": round(trial_cpu - session_cpu, 2),
+                "reporting_cpu_s": round(reporting_cpu, 2), "cores": cores,
+                "utilisation": round((session_cpu + reporting_cpu) / max(1e-9, (wall + startup) * cores), 3)}
     for run in runs:  # every row carries the run's efficiency figures (the same for every row of one run)
         run.row.update(utilisation=cfg_info["utilisation"], startup_s=cfg_info["startup_s"], run_wall_s=cfg_info["wall_s"])
     write_outputs(runs, cfg, efficiency=cfg_info, commit=commit)
