@@ -209,9 +209,10 @@ def oracle_points() -> list[dict[str, float]]:
 #: dense oracle sweep (the reference of every method's regret).
 BASELINES = ("default", "bilevel", "greedy", "random", "bayes", "tpe", "pbt", "dense")
 
-#: Benchmark budgets fitted to compare.py: the quick default (both tasks) must finish in about 20 minutes on a
-#: 2-core CPU, where one noise-schedule trial (~1,200 U-Net steps) costs about 2 CPU-minutes and the bilevel run
-#: about 4, so it runs the paper's own baselines with two trials per searcher; TPE and PBT run with ``--methods``.
+#: Benchmark budgets of compare.py. In compare.py one noise-schedule trial (1,200 U-Net steps and three validation
+#: evaluations of 500 samples) costs about 250 CPU-s on the 2-core CPU and the bilevel run about 400 (BENCHMARKS.md,
+#: 3-seed quick run), so the quick preset runs the paper's own baselines with two trials per searcher; TPE and PBT
+#: run with ``--methods``. The dense oracle's 15 trainings (about 3,750 CPU-s) dominate a quick run's cost.
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(trials=2, iterations=3, overrides={"eval_samples": 500, "final_samples": 200},
                     methods=("default", "bilevel", "greedy", "random", "bayes", "dense")),
