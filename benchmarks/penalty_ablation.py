@@ -140,6 +140,11 @@ def summary(entries: list[dict[str, Any]]) -> str:
     return "\n".join(rows) + f"\n\nCommit(s): {', '.join(commits)}; mean ± half-width of the 95 % t interval over seeds.\n"
 
 
+def _render(entries: list[dict[str, Any]]) -> str:
+    """The per-seed table and the summary: the .md next to the JSON and what BENCHMARKS.md's block prints."""
+    return table(entries) + "\n" + summary(entries)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="quick")
@@ -164,8 +169,8 @@ def main(argv: list[str] | None = None) -> None:
             result = run_trial(variant, seed, args)
             entries = [e for e in entries if (e["variant"], e["seed"]) != (variant, seed)] + [result]
             args.out.write_text(json.dumps(entries, indent=1))
-            args.out.with_suffix(".md").write_text(table(entries) + "\n" + summary(entries))
-    text = table(entries) + "\n" + summary(entries)
+            args.out.with_suffix(".md").write_text(_render(entries))
+    text = _render(entries)
     md = args.out.with_suffix(".md")
     if not md.is_file() or md.read_text() != text:  # --render-only on an up-to-date folder writes nothing
         md.write_text(text)
