@@ -40,9 +40,10 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--out", default="benchmark_results", help="results folder (default ./benchmark_results)")
     p.add_argument("--resume", action="store_true", help="continue interrupted experiments in the storage path (Tuner.restore) and reuse finished ones; add --seeds or --methods to extend a run (a finished search with another --trials is refused)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="task setting for every trial, e.g. --set eval_samples=500")
-    p.add_argument("--concurrent-methods", type=int, default=1, metavar="N",
-                   help="run up to N methods at once on the Ray instance (default 1: one at a time, so each method's "
-                   "wall time is its own; N>1 fills cores a single-trial method leaves idle; compare cost by CPU-s)")
+    p.add_argument("--concurrent-methods", default="auto", metavar="N",
+                   help="run up to N methods at once on the Ray instance (default auto: as many as trials fit at once, "
+                   "so a single-trial method does not leave cores idle; each method's wall time then includes waiting "
+                   "for cores others hold: compare cost by CPU-s; 1: one at a time, each method's wall time its own)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2, 3), help="Tune's verbosity (default 1: status tables)")
     a = p.parse_args(argv)
@@ -62,11 +63,16 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
             seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
         except ValueError:
             raise ConfigError(f"--seeds takes comma-separated integers such as 0,1,2, got {a.seeds!r}.") from None
+    concurrent: int | None = None
+    if a.concurrent_methods != "auto":
+        if not a.concurrent_methods.isdigit() or int(a.concurrent_methods) < 1:
+            raise ConfigError(f"--concurrent-methods takes a positive integer or 'auto', got {a.concurrent_methods!r}.")
+        concurrent = int(a.concurrent_methods)
     return BenchmarkConfig(
         tasks=tasks, preset=a.preset, methods=methods, trials=trials, seed=a.seed, seeds=seeds, address=a.address,
         num_cpus=a.num_cpus, resources=parse_resources(a.resources_per_trial), storage_path=a.storage_path,
         out=a.out, resume=a.resume, overrides=parse_key_values(a.set), verbose=a.verbose, plots=not a.no_plots,
-        concurrent_methods=a.concurrent_methods,
+        concurrent_methods=concurrent,
     )
 
 

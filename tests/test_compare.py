@@ -37,7 +37,10 @@ def test_cli_parses_every_option():
     assert cfg.overrides == {"eval_samples": 32, "family": "cosine"}
     default = compare.parse_args([])
     assert default.tasks == ["noise_schedule", "reward_lambda"] and default.preset == "quick" and default.methods is None
-    assert default.concurrent_methods == 1 and compare.parse_args(["--concurrent-methods", "3"]).concurrent_methods == 3
+    assert default.concurrent_methods is None  # auto: as many methods as trial slots (resolved once Ray is up)
+    assert compare.parse_args(["--concurrent-methods", "3"]).concurrent_methods == 3
+    with pytest.raises(ConfigError, match="'auto'"):
+        compare.parse_args(["--concurrent-methods", "two"])
 
 
 def test_cli_rejects_unknown_method_and_task_before_starting_ray(capsys):
@@ -128,7 +131,8 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
 
 
 def test_concurrent_methods_overlap_and_give_the_same_answers(ray_local, tmp_path, monkeypatch, capsys):
-    """``--concurrent-methods 2``: two methods' Tuners run at once (their time windows overlap), each in a Ray task,
+    """``--concurrent-methods auto`` (compare.py's default: one method per trial slot, 2 on this 2-CPU instance):
+    two methods' Tuners run at once, each in a Ray task,
     with the same per-method results as one at a time (toy: deterministic trials, a fixed grid). run_info.json names
     the commit read when the run started, not when it ended."""
     from ray_bilevel.benchmark import report
@@ -141,9 +145,12 @@ def test_concurrent_methods_overlap_and_give_the_same_answers(ray_local, tmp_pat
     one = run_benchmark(BenchmarkConfig(**kw, out=str(tmp_path / "one")))
     assert json.loads((tmp_path / "one" / "run_info.json").read_text())["commit"] == "read1" and len(calls) == 1
     capsys.readouterr()
-    two = run_benchmark(BenchmarkConfig(**kw, out=str(tmp_path / "two"), concurrent_methods=2))
+    two = run_benchmark(BenchmarkConfig(**kw, out=str(tmp_path / "two"), concurrent_methods=None))
     assert [r.row["method"] for r in two] == methods
-    log = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[compare] started") or
+    assert json.loads((tmp_path / "two" / "run_info.json").read_text())["config"]["concurrent_methods"] == 2
+    out = capsys.readouterr().out
+    assert "2 method(s) at a time" in out
+    log = [line for line in out.splitlines() if line.startswith("[compare] started") or
            line.startswith("[compare] finished")]
     # both slots filled before the first method is collected: the second Tuner is running (or starting) while the
     # first runs; whether their windows overlap in time depends on how fast Ray starts a worker on a loaded machine

@@ -55,8 +55,8 @@ class BenchmarkConfig:
     verbose: int = 1
     plots: bool = True
     # methods run at once on one Ray instance (>1: each method's wall time then includes waiting for
-    # cores other methods hold; compare cost by CPU-seconds)
-    concurrent_methods: int = 1
+    # cores other methods hold; compare cost by CPU-seconds); None: as many as trials fit at once (compare.py's default)
+    concurrent_methods: int | None = 1
 
 
 @dataclasses.dataclass
@@ -309,8 +309,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
 
     if cfg.trials is not None and cfg.trials != "paper" and (not isinstance(cfg.trials, int) or cfg.trials < 1):
         raise ConfigError(f"--trials must be >= 1, got {cfg.trials}.")
-    if not isinstance(cfg.concurrent_methods, int) or cfg.concurrent_methods < 1:
-        raise ConfigError(f"--concurrent-methods must be an integer >= 1, got {cfg.concurrent_methods!r}.")
+    if cfg.concurrent_methods is not None and (not isinstance(cfg.concurrent_methods, int) or cfg.concurrent_methods < 1):
+        raise ConfigError(f"--concurrent-methods must be an integer >= 1 or 'auto', got {cfg.concurrent_methods!r}.")
     cfg.out = os.path.abspath(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
     storage = validate_storage_path(cfg.storage_path or os.path.join(cfg.out, "ray_results"))
@@ -322,6 +322,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     startup = time.perf_counter() - t_start
     check_resources_fit(cfg.resources)
     max_concurrent = _max_concurrent(cfg.resources)
+    if cfg.concurrent_methods is None:  # auto: a method whose trials leave slots idle shares them with the next one
+        cfg.concurrent_methods = max_concurrent
+        _log(f"{max_concurrent} method(s) at a time (one per trial slot of {dict(cfg.resources)}; --concurrent-methods 1 "
+             "runs them one after another)")
     t_all = time.perf_counter()
     seeds = [int(s) for s in (cfg.seeds if cfg.seeds else [cfg.seed])]
     jobs: list[tuple[TaskPlan, int, str]] = []
