@@ -369,7 +369,7 @@ def _run_job(job: tuple[TaskPlan, int, str], cfg: BenchmarkConfig, storage: str,
 def _run_jobs(jobs: list[tuple[TaskPlan, int, str]], cfg: BenchmarkConfig, storage: str,
               max_concurrent: int) -> list[MethodRun]:
     """Every (task plan, seed, method), ``cfg.concurrent_methods`` at a time (:func:`.pool.run_ordered`)."""
-    width = int(cfg.concurrent_methods)
+    width = int(cfg.concurrent_methods or 1)  # resolved from auto before the jobs run
     return run_ordered(
         functools.partial(_run_job, cfg=cfg, storage=storage, max_concurrent=max_concurrent, remote=width > 1),
         jobs, width, _log, describe=lambda j: f"{get_task(j[0].task).name or j[0].task} / {j[2]} / seed {j[1]}",

@@ -15,7 +15,9 @@ FID = ‖μ_r − μ_f‖² + tr(Σ_r + Σ_f − 2 (Σ_r Σ_f)^{1/2})  (docs/alg
   ``cache_dir()/"fid_stats"``) and scores batches of generated images against them. The cache
   key hashes the extractor's weights (:func:`~ray_bilevel.metrics.features.weights_fingerprint`),
   its ``preprocessing`` string and the exact bytes of the real images, so a retrained extractor
-  or another image set never reuses old statistics (docs/algorithms.md §4).
+  or another image set never reuses old statistics (docs/algorithms.md §4). Features of the shipped data's
+  held-out splits ship in ``assets/fid_features`` under the same kind of key, so a first run does not compute
+  them (:func:`shipped_features_path`; rebuilt by ``python -m ray_bilevel.assets.build_fid_features``).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import torch
 
 from ray_bilevel.config import ConfigError
 from ray_bilevel.metrics.features import weights_fingerprint
-from ray_bilevel.paths import cache_dir
+from ray_bilevel.paths import ASSETS_DIR, cache_dir
 
 __all__ = [
     "FeatureStats",
@@ -43,10 +45,19 @@ __all__ = [
     "FIDEvaluator",
     "images_fingerprint",
     "weights_fingerprint",
+    "SHIPPED_FEATURES_DIR",
+    "features_key",
+    "shipped_features_path",
+    "save_shipped_features",
+    "load_shipped_features",
 ]
 
 #: Format version of the cached statistics; part of every key. 2: keyed by weights + image bytes.
 _STATS_VERSION = 2
+
+#: Shipped real-image features (float16 safetensors, one file per extractor × image set), looked up before the
+#: disk cache: every machine then scores against the same statistics (docs/algorithms.md §4).
+SHIPPED_FEATURES_DIR = ASSETS_DIR / "fid_features"
 
 
 @dataclass
@@ -196,6 +207,62 @@ def _shrinkage_spec(shrinkage: float | str) -> str:
     raise ConfigError(f"shrinkage must be a number in [0, 1] or 'ledoit_wolf', got {shrinkage!r}.")
 
 
+def features_key(extractor, real_images: torch.Tensor) -> dict[str, Any]:
+    """What identifies the features of ``real_images`` under ``extractor``: its name, dimension, preprocessing,
+    weights' fingerprint and the images' exact bytes (the statistics cache adds the shrinkage)."""
+    return {
+        "version": _STATS_VERSION,
+        "extractor": str(extractor.name),
+        "dim": int(extractor.dim),
+        "preprocessing": str(getattr(extractor, "preprocessing", "")),
+        "weights": weights_fingerprint(extractor),
+        "images": images_fingerprint(real_images),
+    }
+
+
+def shipped_features_path(key: dict[str, Any]) -> Any:
+    """Where the shipped features of :func:`features_key` ``key`` live (the file need not exist)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return SHIPPED_FEATURES_DIR / f"{_safe(str(key['extractor']))}-{digest}.safetensors"
+
+
+def save_shipped_features(key: dict[str, Any], features: torch.Tensor, metadata: dict[str, str] | None = None) -> Any:
+    """Write ``features`` (N, d) as float16 under :func:`shipped_features_path` with the key recorded; returns the path.
+
+    Raises:
+        ConfigError: a feature does not fit float16 (|x| > 65504 or not finite): ship them another way.
+    """
+    from safetensors.torch import save_file
+
+    half = features.detach().to(torch.float16).contiguous().cpu()
+    if not torch.isfinite(half).all():
+        raise ConfigError(f"features of {key['extractor']} overflow float16 (max |x| = {float(features.abs().max()):.4g}).")
+    path = shipped_features_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"features": half}, str(path), metadata={**(metadata or {}), "key": json.dumps(key, sort_keys=True)})
+    return path
+
+
+def load_shipped_features(key: dict[str, Any]) -> torch.Tensor | None:
+    """The shipped float16 features recorded under exactly ``key``, as float64; ``None`` when none ship."""
+    path = shipped_features_path(key)
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get("key")
+            features = f.get_tensor("features")
+    except Exception as exc:  # truncated/foreign file: fall back to the cache or a fresh computation
+        warnings.warn(f"ignoring unreadable shipped FID features {path} ({exc!r}).", stacklevel=3)
+        return None
+    if recorded != json.dumps(key, sort_keys=True) or features.dim() != 2 or features.shape[1] != int(key["dim"]):
+        warnings.warn(f"shipped FID features {path} record another extractor/image set; ignoring them.", stacklevel=3)
+        return None
+    return features.to(torch.float64)
+
+
 class FIDEvaluator:
     """Fréchet distance of generated images to a fixed real set, under one feature extractor.
 
@@ -215,11 +282,17 @@ class FIDEvaluator:
     images. The ``.npz`` also records the weights and images fingerprints and the full key;
     a file whose records do not match is ignored and rewritten.
 
+    Before the cache, the evaluator looks for shipped features of exactly these weights and images
+    (:func:`load_shipped_features`: the Inception features of the shipped data's held-out splits at the smoke and
+    quick presets, float16); found, the statistics are computed from them (a fraction of a second) and nothing is
+    cached. Shipped first, so that every machine scores against the same statistics.
+
     Attributes:
         real: the real :class:`FeatureStats`.
         cache_path: the stats file.
         key_parts: what the key hashes (``weights``, ``images`` fingerprints included).
         from_cache: whether :attr:`real` was read from :attr:`cache_path`.
+        source: ``"shipped"``, ``"cache"`` or ``"computed"``: where :attr:`real` came from.
     """
 
     def __init__(
@@ -236,23 +309,20 @@ class FIDEvaluator:
         self.extractor = extractor
         self.batch_size = int(batch_size)
         self.shrinkage = shrinkage
-        self.key_parts: dict[str, Any] = {
-            "version": _STATS_VERSION,
-            "extractor": str(extractor.name),
-            "dim": int(extractor.dim),
-            "preprocessing": str(getattr(extractor, "preprocessing", "")),
-            "weights": weights_fingerprint(extractor),
-            "images": images_fingerprint(real_images),
-            "shrinkage": _shrinkage_spec(shrinkage),
-        }
+        self.key_parts: dict[str, Any] = {**features_key(extractor, real_images), "shrinkage": _shrinkage_spec(shrinkage)}
         key_json = json.dumps(self.key_parts, sort_keys=True)
         digest = hashlib.sha256(key_json.encode()).hexdigest()[:24]
         label = "" if cache_key is None else f"-{_safe(str(cache_key))[:64]}"
         self.cache_path = cache_dir() / "fid_stats" / f"{_safe(extractor.name)}{label}-{digest}.npz"
         self._key_json = key_json
-        loaded = self._load()
+        shipped = load_shipped_features({k: v for k, v in self.key_parts.items() if k != "shrinkage"})
+        loaded = None if shipped is not None else self._load()
+        self.source = "shipped" if shipped is not None else "cache" if loaded is not None else "computed"
         self.from_cache = loaded is not None
-        self.real = loaded or self._compute_and_store(real_images)
+        if shipped is not None:
+            self.real = feature_stats(shipped, shrinkage)
+        else:
+            self.real = loaded or self._compute_and_store(real_images)
         self._real_root = _psd_sqrt(self.real.sigma)  # Σ_r^{1/2}, once: each call then needs one eigvalsh
         self._real_root_sq: torch.Tensor | None = None  # Σ_r^{1/2} Σ_r^{1/2}, once, for shrunk fakes with N < d
 
