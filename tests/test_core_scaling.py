@@ -1,16 +1,16 @@
 """benchmarks/core_scaling.py: solo vs together rounds give a consistent record and a table (tiny run)."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("core_scaling", ROOT / "benchmarks" / "core_scaling.py")
-core_scaling = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(core_scaling)
+# a plain import from benchmarks/ (as when the script runs): its spawned workers import the module by name
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import core_scaling  # noqa: E402
 
 
 def test_core_scaling_records_both_modes_and_renders(tmp_path, capsys):
