@@ -16,6 +16,7 @@ import pytest
 from ray_bilevel.benchmark import BenchmarkConfig, run_benchmark
 from ray_bilevel.benchmark.methods import build_experiment, iterations_per_step, methods_for
 from ray_bilevel.benchmark.report import COLUMNS, format_number, markdown_table
+from ray_bilevel.benchmark.reporting import CACHE_DIR, evaluation_key
 from ray_bilevel.config import ConfigError
 from ray_bilevel.tasks import get_task
 
@@ -110,6 +111,8 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
     assert by["bayes"]["trials"] == by["greedy"]["trials"] == by["pbt"]["trials"] == 3
     assert (tmp_path / "plots" / "toy_bilevel_trajectory.png").exists()
     trial_dirs = sorted(p.name for p in (tmp_path / "ray_results" / "toy-bayes-s0").iterdir() if p.is_dir())
+    cached = sorted((tmp_path / CACHE_DIR).glob("*.json"))  # one per reporting evaluation
+    assert len(cached) >= len(methods)  # every method's answer, and the earlier incumbents of the searchers
 
     resumed = run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=methods, trials=3, seeds=[0, 1],
                                             out=str(tmp_path), verbose=0, resume=True))  # extend with a second seed
@@ -124,10 +127,33 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
     assert info["reused_cpu_s"] == pytest.approx(sum(by[m]["cpu_s"] for m in methods), abs=0.05)
     session = info["trial_cpu_s"] - info["reused_cpu_s"] + info["reporting_cpu_s"]
     assert session <= (info["wall_s"] + info["startup_s"]) * info["cores"] * 1.01 and info["utilisation"] <= 1.01
+    # the seed-0 reporting evaluations are read back, not run again: same test values, curves included
+    assert info["reporting_reused"] == len(cached)
+    assert all(again[m]["curve"] == by[m]["curve"] and again[m]["final_eval_s"] == by[m]["final_eval_s"] for m in methods)
+    assert len(list((tmp_path / CACHE_DIR).glob("*.json"))) > len(cached)  # seed 1's evaluations were added
     # another budget cannot extend a finished search (Tune would restore the old num_samples silently)
     with pytest.raises(ConfigError, match=r"toy-bayes-s0 was run with 3 trial\(s\), and --resume now asks for 4"):
         run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=["bayes"], trials=4, out=str(tmp_path),
                                       verbose=0, resume=True))
+
+
+def test_evaluation_key_changes_with_the_checkpoint_bytes_the_config_and_the_kind(tmp_path):
+    class Checkpoint:  # what evaluation_key reads of a tune.Checkpoint: its local folder
+        def __init__(self, path):
+            self.path = str(path)
+
+    ckpt = tmp_path / "checkpoint_000001"
+    (ckpt / "sub").mkdir(parents=True)
+    (ckpt / "state.pt").write_bytes(b"weights")
+    (ckpt / "sub" / "q.json").write_text("{}")
+    key = evaluation_key(False, {"tau": 1.0}, Checkpoint(ckpt), full=True)
+    assert key == evaluation_key(False, {"tau": 1.0}, Checkpoint(ckpt), full=True)
+    assert key != evaluation_key(False, {"tau": 1.0}, Checkpoint(ckpt), full=False)  # curve point: other metrics
+    assert key != evaluation_key(True, {"tau": 1.0}, Checkpoint(ckpt), full=True)
+    assert key != evaluation_key(False, {"tau": 1.1}, Checkpoint(ckpt), full=True)
+    (ckpt / "state.pt").write_bytes(b"weightz")  # another training with the same config: not the same evaluation
+    assert key != evaluation_key(False, {"tau": 1.0}, Checkpoint(ckpt), full=True)
+    assert evaluation_key(False, {}, Checkpoint(tmp_path / "missing"), full=True) is None  # not local: not cached
 
 
 def test_concurrent_methods_overlap_and_give_the_same_answers(ray_local, tmp_path, monkeypatch, capsys):

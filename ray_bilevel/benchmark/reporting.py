@@ -4,15 +4,27 @@ curves, the oracle sweep and every method's regret.
 Nothing here tunes: every choice was made before, on validation values, by the methods themselves. The work
 here (``Task.evaluate_test`` on chosen checkpoints, as Ray tasks with the trial resources) is excluded from
 every method's cost alike and booked in its own column (``final_eval_s``) and in ``reporting_cpu_s``.
+
+Every evaluation is also written to ``OUT/reporting_cache/`` under a key made of the trial's configuration, the
+kind of evaluation and the bytes of the checkpoint; ``--resume`` reads it back, so extending a comparison (another
+seed, another method) does not evaluate the finished methods' checkpoints again. The cache is read only with
+``--resume`` (like Tune's restore, it trusts that the evaluation code did not change in between); its CPU-seconds
+are not booked again (``reporting_reused``).
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["evaluate_runs", "add_regret", "ROW_METRICS"]
+__all__ = ["evaluate_runs", "add_regret", "ROW_METRICS", "CACHE_DIR", "evaluation_key"]
+
+#: The folder (inside the results folder) of the cached reporting evaluations.
+CACHE_DIR = "reporting_cache"
 
 #: Metric columns of every row (null where a task does not report them), each with its ``_val`` twin.
 ROW_METRICS = ("fid", "fid_domain", "is", "alignment", "reward")
@@ -37,39 +49,115 @@ def _jobs(run: Any) -> list[tuple[dict[str, Any], bool]]:
     return [(t, False) for t in others if t is not answer and t["checkpoint"] is not None] + [(answer, True)]
 
 
+def _checkpoint_dir(checkpoint: Any) -> str | None:
+    """The local folder of a ``tune.Checkpoint`` (None for one on remote storage: those are not cached)."""
+    path = getattr(checkpoint, "path", None)
+    fs = getattr(checkpoint, "filesystem", None)
+    if not path or (fs is not None and getattr(fs, "type_name", "local") != "local"):
+        return None
+    return path if os.path.isdir(path) else None
+
+
+def evaluation_key(bilevel: bool, config: Mapping[str, Any], checkpoint: Any, full: bool) -> str | None:
+    """A digest of everything one reporting evaluation depends on besides the code: the trainable kind, the
+    trial configuration, answer or curve point, and every byte of the checkpoint. None: not cacheable."""
+    folder = _checkpoint_dir(checkpoint)
+    if folder is None:
+        return None
+    h = hashlib.sha256(json.dumps({"bilevel": bool(bilevel), "full": bool(full), "config": dict(config)},
+                                  sort_keys=True, default=repr).encode())
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, folder).encode() + b"\0")
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy / torch scalars as floats, anything else as its repr (the metrics are numbers)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _cache_read(cache: str, key: str | None) -> dict[str, Any] | None:
+    if key is None:
+        return None
+    try:
+        with open(os.path.join(cache, f"{key}.json")) as fh:
+            entry = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    entry["files"] = {k: base64.b64decode(v) for k, v in entry.get("files", {}).items()}
+    return entry
+
+
+def _cache_write(cache: str, key: str | None, result: Mapping[str, Any]) -> None:
+    if key is None:
+        return
+    os.makedirs(cache, exist_ok=True)
+    entry = {"metrics": result["metrics"], "seconds": result["seconds"], "cpu_s": result["cpu_s"],
+             "files": {k: base64.b64encode(v).decode() for k, v in result["files"].items()}}
+    tmp = os.path.join(cache, f".{key}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(entry, fh, default=_jsonable)
+    os.replace(tmp, os.path.join(cache, f"{key}.json"))
+
+
 def evaluate_runs(runs: Sequence[Any], out: str, resources: Mapping[str, Any], remote_options: Any,
-                  log: Any = print) -> float:
-    """Fill every run's row with test metrics, ``curve`` and (oracle) ``sweep``; returns the CPU-seconds spent."""
+                  log: Any = print, reuse: bool = False) -> tuple[float, int]:
+    """Fill every run's row with test metrics, ``curve`` and (oracle) ``sweep``; returns the CPU-seconds spent and
+    the number of evaluations read back from the cache (``reuse``: ``--resume``)."""
     import ray
 
     from ray_bilevel.benchmark.trainables import final_evaluation
 
     remote = ray.remote(**remote_options(resources))(final_evaluation)
-    pending = []
+    cache = os.path.join(out, CACHE_DIR)
+    pending: list[tuple[Any, Any, dict[str, Any], bool, str | None]] = []
+    reused = 0
     for run in runs:
         for trial, full in _jobs(run):
+            key = evaluation_key(run.spec.bilevel, trial["config"], trial["checkpoint"], full)
+            hit = _cache_read(cache, key) if reuse else None
+            if hit is not None:
+                reused += 1
+                pending.append((hit, run, trial, full, None))
+                continue
             ref = remote.remote(run.spec.bilevel, trial["config"], trial["checkpoint"], full=full, export=full)
-            pending.append((ref, run, trial, full))
+            pending.append((ref, run, trial, full, key))
     if pending:
-        log(f"reporting: test-split evaluation of {len(pending)} chosen checkpoint(s) (excluded from every method's cost)")
+        log(f"reporting: test-split evaluation of {len(pending)} chosen checkpoint(s) (excluded from every method's cost)"
+            + (f"; {reused} read back from {cache} (--resume)" if reused else ""))
     cpu = 0.0
-    for i, (ref, run, trial, full) in enumerate(pending, 1):
+    for i, (ref, run, trial, full, key) in enumerate(pending, 1):
         what = f"{run.row['task']} / {run.row['method']} / seed {run.row.get('seed')}"
+        cached = isinstance(ref, dict)
         try:
-            result = ray.get(ref)
+            result = ref if cached else ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - one failed evaluation must not lose the others
             log(f"{what}: reporting evaluation failed: {exc}")
             continue
-        cpu += result["cpu_s"]
-        log(f"reporting: {i} of {len(pending)} done ({what}, {'answer' if full else 'curve point'}, "
-            f"{result['cpu_s']:.0f} CPU-s)")
+        if not cached:
+            cpu += result["cpu_s"]
+            try:
+                _cache_write(cache, key, result)
+            except OSError as exc:  # a full disk must not lose the evaluation itself
+                log(f"{what}: could not cache the reporting evaluation: {exc}")
+            log(f"reporting: {i} of {len(pending)} done ({what}, {'answer' if full else 'curve point'}, "
+                f"{result['cpu_s']:.0f} CPU-s)")
         metrics = {k: _finite(v) for k, v in result["metrics"].items()}
         trial["test"] = metrics.get(run.row["metric"])
         if full:
             _fill_answer(run, metrics, result, out)
     for run in runs:
         _curves(run)
-    return cpu
+    return cpu, reused
 
 
 def _fill_answer(run: Any, metrics: dict[str, float | None], result: Mapping[str, Any], out: str) -> None:

@@ -231,10 +231,13 @@ def _summarise(spec: ExperimentSpec, grid: Any, wall: float, start: float, hyper
         trials.append({"config": config, spec.metric: value, "cpu_s": _finite(last.get("cpu_s")),
                        "time_total_s": _finite(last.get("time_total_s")), "iterations": last.get("training_iteration"),
                        "error": str(result.error) if result.error else None})
-        end = _finite(last.get("timestamp")) or 0.0
+        end = _finite(last.get("reported_at")) or _finite(last.get("timestamp")) or 0.0
         finished.append({"end_s": max(0.0, end - start), "cpu_s": _finite(last.get("cpu_s")) or 0.0, "val": value,
-                         "checkpoint": result.checkpoint, "config": dict(result.config or {}), "hyper": hyper})
-    finished.sort(key=lambda t: t["end_s"])
+                         "checkpoint": result.checkpoint, "config": dict(result.config or {}), "hyper": hyper,
+                         "name": os.path.basename(str(getattr(result, "path", "") or ""))})
+    # finishing order; ties (whole-second timestamps of older runs) by the trial folder's name, which a restored
+    # experiment keeps (its ResultGrid order is not), so a resumed run draws the same anytime curve
+    finished.sort(key=lambda t: (t["end_s"], t["name"]))
     cum, best, incumbents = 0.0, None, []
     for t in finished:
         cum += t["cpu_s"]
@@ -336,7 +339,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
             jobs.extend((plan, seed, method) for method in plan.methods)
     runs = _run_jobs(jobs, cfg, storage, max_concurrent)
     tuned = time.perf_counter() - t_all
-    reporting_cpu = evaluate_runs(runs, cfg.out, cfg.resources, _remote_options, _log)
+    reporting_cpu, reporting_reused = evaluate_runs(runs, cfg.out, cfg.resources, _remote_options, _log, reuse=cfg.resume)
     add_regret([r.row for r in runs])
     wall = time.perf_counter() - t_all
     _log(f"all methods done in {wall:.1f} s ({tuned:.1f} s tuning, {wall - tuned:.1f} s reporting)")
@@ -346,7 +349,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
     session_cpu = sum(r.row.get("session_cpu_s", r.row["cpu_s"] or 0.0) for r in runs)
     cfg_info = {"wall_s": round(wall, 2), "startup_s": round(startup, 2), "tuning_wall_s": round(tuned, 2),
                 "trial_cpu_s": round(trial_cpu, 2), "reused_cpu_s": round(trial_cpu - session_cpu, 2),
-                "reporting_cpu_s": round(reporting_cpu, 2), "cores": cores,
+                "reporting_cpu_s": round(reporting_cpu, 2), "reporting_reused": reporting_reused, "cores": cores,
                 "utilisation": round((session_cpu + reporting_cpu) / max(1e-9, (wall + startup) * cores), 3)}
     for run in runs:  # every row carries the run's efficiency figures (the same for every row of one run)
         run.row.update(utilisation=cfg_info["utilisation"], startup_s=cfg_info["startup_s"], run_wall_s=cfg_info["wall_s"])

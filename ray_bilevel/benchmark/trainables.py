@@ -25,7 +25,14 @@ MAX_EXPORT_BYTES = 8 * 2**20
 
 
 class _Fresh:
-    """Mixin: a reused actor rebuilds its task (no test-split reads happen in a trial)."""
+    """Mixin: a reused actor rebuilds its task (no test-split reads happen in a trial); every report carries
+    ``reported_at`` (``time.time()``, sub-second: Tune's own ``timestamp`` is whole seconds, too coarse to order two
+    trials that finish in the same second, which the anytime curve needs)."""
+
+    def step(self) -> dict[str, Any]:
+        report = super().step()  # type: ignore[misc]
+        report["reported_at"] = time.time()
+        return report
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         self._build(new_config)  # type: ignore[attr-defined]
