@@ -14,6 +14,8 @@ from typing import Any
 
 __all__ = ["make_plots", "make_summary_plots", "anytime_plot", "oracle_plot"]
 
+#: The oracle plot's two marked sweep points, in colours no method line uses (methods are drawn dotted).
+_SELECTED = {"*": "darkorange", "D": "teal"}
 _COLORS = {"default": "black", "bilevel": "tab:red", "greedy": "tab:blue", "grid": "tab:blue", "random": "tab:green",
            "bayes": "tab:purple", "tpe": "tab:orange", "pbt": "tab:brown", "dense": "dimgray"}
 _EXTRA_COLORS = ("tab:cyan", "tab:olive", "tab:pink", "tab:gray")
@@ -356,11 +358,11 @@ def oracle_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | N
         text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in configs[i]["config"].items())
         if i in idx:
             j = idx.index(i)
-            ax.plot([x[j]], [test[j]], marker, color="tab:red" if marker == "*" else "black", ms=13 if marker == "*" else 7,
+            ax.plot([x[j]], [test[j]], marker, color=_SELECTED[marker], ms=13 if marker == "*" else 7,
                     mfc="none" if marker == "D" else None, label=f"{name}: {text}", zorder=5)
         else:
-            ax.axhline(configs[i]["test"]["mean"], color="tab:red" if marker == "*" else "black", lw=1,
-                       ls="-." if marker == "*" else ":", label=f"{name} (off the slice): {text}")
+            ax.axhline(configs[i]["test"]["mean"], color=_SELECTED[marker], lw=1.2,
+                       ls="-." if marker == "*" else "--", label=f"{name} (off the slice): {text}")
     for method in ("bilevel", "default"):
         mean = mean_ci(r.get("metric_value") for r in sub if r.get("method") == method)[0]
         if mean is not None:
