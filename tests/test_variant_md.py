@@ -1,0 +1,58 @@
+"""benchmarks/variant_md.py: a variant run of one method against the reference run, regret from the reference's
+oracle of the same seed, paired differences by seed (synthetic results folders with known values)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import variant_md  # noqa: E402
+
+
+def _row(method: str, seed: int, val: float, test: float, cpu: float, **extra) -> dict:
+    return {"task": "noise_schedule", "method": method, "seed": seed, "preset": "quick", "metric": "fid_domain",
+            "mode": "min", "metric_value": test, "metric_value_val": val, "fid": None, "cpu_s": cpu, "regret": None,
+            "best_config": {"start": 0.01 * seed, "tau": 1.5}, "settings": {"eval_samples": 500}, **extra}
+
+
+def _folder(path: Path, rows: list[dict], argv: list[str]) -> Path:
+    path.mkdir()
+    (path / "results.json").write_text(json.dumps(rows))
+    (path / "run_info.json").write_text(json.dumps({"argv": argv, "commit": "abc123", "dirty": False}))
+    return path
+
+
+def test_variant_section_regret_from_the_reference_oracle_and_paired_differences(tmp_path):
+    sweep = lambda best: [{"config": {"tau": 1.0}, "metric_value": best, "metric_value_val": 1.0},  # noqa: E731
+                          {"config": {"tau": 2.0}, "metric_value": best + 50, "metric_value_val": 0.5}]
+    ref = _folder(tmp_path / "ref", [_row("bilevel", s, 200 + s, 150 + s, 400) for s in (0, 1, 2)]
+                  + [_row("dense", s, 180, 160, 3000, sweep=sweep(100 + 10 * s)) for s in (0, 1, 2)], ["compare.py"])
+    var = _folder(tmp_path / "var", [_row("bilevel", s, 190 + s, 130 + 2 * s, 410,
+                                          settings={"eval_samples": 500, "lr_start": 0.02}) for s in (0, 1, 2)],
+                  ["benchmarks/compare.py", "--methods", "bilevel", "--set", "lr_start=0.02"])
+    text = variant_md.section(str(var), str(ref), title="lr_start")
+    assert text.startswith("## lr_start\n")
+    assert "python benchmarks/compare.py --methods bilevel --set lr_start=0.02" in text
+    assert "Settings changed: `lr_start=0.02`." in text
+    # seed 1: reference test 151, regret 151 - 110 = 41; variant test 132, regret 132 - 110 = 22
+    assert "| 1 | 201 → 191 | 151 → 132 | 41 → 22 | 400 → 410 | start=0.0100, tau=1.50 |" in text, text
+    # variant - reference per seed: val -10 (no spread: the interval collapses on the mean), test and regret
+    # -20 + s (mean -19), no FID, CPU-s +10
+    last = text.rstrip().splitlines()[-1]
+    assert last.startswith("| -10 [-10.0, -10.0] variant better | -19 [-21.5, -16.5] variant better | "
+                           "-19 [-21.5, -16.5] variant better | – | +10 [10.0, 10.0] reference better |"), last
+
+
+def test_variant_section_refuses_other_presets_and_missing_rows(tmp_path):
+    ref = _folder(tmp_path / "ref", [_row("bilevel", 0, 1, 1, 1)], [])
+    var = _folder(tmp_path / "var", [_row("bilevel", 0, 1, 1, 1, preset="smoke")], [])
+    with pytest.raises(SystemExit, match="different presets"):
+        variant_md.section(str(var), str(ref))
+    with pytest.raises(SystemExit, match="no 'random' rows"):
+        variant_md.section(str(var), str(ref), method="random")
+    with pytest.raises(SystemExit, match="results.json not found"):
+        variant_md.section(str(tmp_path / "nowhere"), str(ref))
