@@ -1,13 +1,15 @@
 """One method run with changed settings against the same method of a reference run: a markdown section.
 
-    python benchmarks/variant_md.py VARIANT_DIR REFERENCE_DIR [--method bilevel] [--title TITLE]
+    python benchmarks/variant_md.py VARIANT_DIR[,VARIANT_DIR...] REFERENCE_DIR [--method bilevel]
+                                    [--reference-method M] [--oracle DIR] [--title TITLE]
 
-Both folders are compare.py results folders (results.json, run_info.json) of the same task, preset and seeds; the
-variant ran ``--methods METHOD`` with some ``--set KEY=VALUE``. Printed: the variant's command and commit, the
-settings that differ, a per-seed table (validation and test selection metric, regret against the *reference's*
-dense oracle of the same seed, CPU-seconds, the learned configuration) and the paired differences
-variant − reference over seeds with their 95 % t intervals. The verdict follows the validation value first: a
-variant is adopted on validation, never on the test values or regrets it is reported with.
+The folders are compare.py results folders (results.json, run_info.json) of the same task and preset; the variant
+ran ``--methods METHOD`` with some ``--set KEY=VALUE`` (several folders: e.g. one per seed, each with its own
+settings). Printed: the variant's commands and commits, the settings that differ from the reference's, a per-seed
+table (validation and test selection metric, regret against the dense oracle of the same seed in ``--oracle``,
+by default the reference folder, CPU-seconds, the answer's configuration) and the paired differences
+variant − reference over seeds with their 95 % t intervals. A variant is adopted on its validation value, never on
+the test values or regrets it is reported with.
 
 Nothing is measured here: the output is built from committed JSON only, so BENCHMARKS.md can hold it in a generated
 block (benchmarks/refresh_md.py).
@@ -53,14 +55,20 @@ def _changed(variant: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[s
     return {k: a.get(k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def section(variant_dir: str, reference_dir: str, method: str = "bilevel", title: str | None = None) -> str:
-    """The markdown section (see the module docstring)."""
-    var_rows, var_info = _load(variant_dir)
+def section(variant_dir: str, reference_dir: str, method: str = "bilevel", title: str | None = None,
+            reference_method: str | None = None, oracle_dir: str | None = None) -> str:
+    """The markdown section (see the module docstring); ``variant_dir`` may list several folders, comma-separated."""
+    reference_method = reference_method or method
+    var, infos = [], []
+    for folder in [d for d in variant_dir.split(",") if d]:
+        rows, info = _load(folder)
+        var += [dict(r) for r in rows if r.get("method") == method]
+        infos.append(info)
     ref_rows, ref_info = _load(reference_dir)
-    var = [dict(r) for r in var_rows if r.get("method") == method]
-    ref = [dict(r) for r in ref_rows if r.get("method") == method]
+    ref = [dict(r) for r in ref_rows if r.get("method") == reference_method]
     if not var or not ref:
-        raise SystemExit(f"variant_md.py: no {method!r} rows in {variant_dir if not var else reference_dir}.")
+        raise SystemExit(f"variant_md.py: no {method if not var else reference_method!r} rows in "
+                         f"{variant_dir if not var else reference_dir}.")
     tasks = {r.get("task") for r in var} | {r.get("task") for r in ref}
     if len(tasks) != 1:
         raise SystemExit(f"variant_md.py: one task per comparison, found {sorted(map(str, tasks))}.")
@@ -72,26 +80,32 @@ def section(variant_dir: str, reference_dir: str, method: str = "bilevel", title
         r["method"], r["regret"] = label, None
     for r in ref:
         r["regret"] = None
-    oracle = [dict(r) for r in ref_rows if r.get("method") == "dense"]
+    oracle_rows = _load(oracle_dir)[0] if oracle_dir else ref_rows
+    oracle = [dict(r) for r in oracle_rows if r.get("method") == "dense"]
     add_regret(var + ref + oracle)  # both against the reference's oracle of the same seed
     metric, mode = var[0].get("metric") or "metric", var[0].get("mode")
     lines = [f"## {title}" if title else f"## {method}: a variant against the reference run", ""]
-    argv = var_info.get("argv")
-    if argv:
-        lines += ["```", "python " + " ".join(argv), "```", ""]
-    commit = var_info.get("commit")
-    lines.append(f"Variant commit `{commit}`{' (dirty)' if var_info.get('dirty') else ''}; reference: "
-                 f"`{reference_dir}` (commit `{ref_info.get('commit')}`).  ")
-    changed = _changed(var[0], ref[0])
-    lines.append("Settings changed: " + (", ".join(f"`{k}={v}`" for k, v in changed.items()) or "none") + ".")
+    commands = ["python " + " ".join(i["argv"]) for i in infos if i.get("argv")]
+    if commands:
+        lines += ["```", *commands, "```", ""]
+    commits = sorted({f"`{i.get('commit')}`" + (" (dirty)" if i.get("dirty") else "") for i in infos})
+    lines.append(f"Variant commit {', '.join(commits)}; reference: `{reference_dir}` ({reference_method}, commit "
+                 f"`{ref_info.get('commit')}`).  ")
+    ref_by = {r.get("seed"): r for r in ref}
+    changed = {r.get("seed"): _changed(r, ref_by.get(r.get("seed"), ref[0])) for r in var}
+    text = {seed: ", ".join(f"`{k}={format_number(v)}`" for k, v in c.items()) or "none" for seed, c in changed.items()}
+    if len(set(text.values())) == 1:
+        lines.append(f"Settings changed: {next(iter(text.values()))}.")
+    else:
+        lines.append("Settings changed, per seed: " + "; ".join(f"seed {k}: {v}" for k, v in sorted(text.items())) + ".")
     lines.append("")
+    where = f"`{oracle_dir}`" if oracle_dir else "the reference's"
     lines.append(f"Selection metric `{metric}` ({'lower' if mode == 'min' else 'higher'} is better); regret against "
-                 f"the reference's dense oracle of the same seed{'' if oracle else ' (none in the reference: –)'}.")
+                 f"{where} dense oracle of the same seed{'' if oracle else ' (no oracle there: –)'}.")
     lines.append("")
     lines.append(f"| seed | {metric} val: reference → variant | {metric} test: reference → variant | regret: reference → "
                  "variant | CPU s: reference → variant | variant's answer |")
     lines.append("|---|---|---|---|---|---|")
-    ref_by = {r.get("seed"): r for r in ref}
     for r in sorted(var, key=lambda r: r.get("seed") or 0):
         b = ref_by.get(r.get("seed"))
         if b is None:
@@ -125,9 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("variant_dir")
     p.add_argument("reference_dir")
     p.add_argument("--method", default="bilevel", help="the method both runs ran (default bilevel)")
+    p.add_argument("--reference-method", default=None, help="the reference run's method (default: --method)")
+    p.add_argument("--oracle", default=None, metavar="DIR", help="results folder of the dense oracle (default: the reference)")
     p.add_argument("--title", default=None)
     a = p.parse_args(argv)
-    sys.stdout.write(section(a.variant_dir, a.reference_dir, a.method, a.title))
+    sys.stdout.write(section(a.variant_dir, a.reference_dir, a.method, a.title, a.reference_method, a.oracle))
     return 0
 
 

@@ -37,7 +37,7 @@ def test_variant_section_regret_from_the_reference_oracle_and_paired_differences
     text = variant_md.section(str(var), str(ref), title="lr_start")
     assert text.startswith("## lr_start\n")
     assert "python benchmarks/compare.py --methods bilevel --set lr_start=0.02" in text
-    assert "Settings changed: `lr_start=0.02`." in text
+    assert "Settings changed: `lr_start=0.0200`." in text
     # seed 1: reference test 151, regret 151 - 110 = 41; variant test 132, regret 132 - 110 = 22
     assert "| 1 | 201 → 191 | 151 → 132 | 41 → 22 | 400 → 410 | start=0.0100, tau=1.50 |" in text, text
     # variant - reference per seed: val -10 (no spread: the interval collapses on the mean), test and regret
@@ -45,6 +45,24 @@ def test_variant_section_regret_from_the_reference_oracle_and_paired_differences
     last = text.rstrip().splitlines()[-1]
     assert last.startswith("| -10 [-10.0, -10.0] variant better | -19 [-21.5, -16.5] variant better | "
                            "-19 [-21.5, -16.5] variant better | – | +10 [10.0, 10.0] reference better |"), last
+
+
+def test_variant_folders_per_seed_another_reference_method_and_oracle(tmp_path):
+    """A fixed-hyperparameter trial per seed (one folder each, its own settings) against another method of another
+    run, with the oracle from a third folder."""
+    sweep = [{"config": {"tau": 1.0}, "metric_value": 100.0, "metric_value_val": 1.0}]
+    oracle = _folder(tmp_path / "oracle", [_row("dense", s, 1, 1, 1, sweep=sweep) for s in (0, 1)], [])
+    ref = _folder(tmp_path / "ref", [_row("bilevel", s, 150, 140 + s, 400) for s in (0, 1)], [])
+    var = ",".join(str(_folder(tmp_path / f"v{s}", [_row("default", s, 140, 120 + 3 * s, 250,
+                                                         settings={"eval_samples": 500, "tau": 1.5 + s})],
+                                   ["benchmarks/compare.py", "--seeds", str(s)])) for s in (0, 1))
+    text = variant_md.section(var, str(ref), method="default", reference_method="bilevel", oracle_dir=str(oracle))
+    assert "python benchmarks/compare.py --seeds 0\npython benchmarks/compare.py --seeds 1" in text
+    assert "Settings changed, per seed: seed 0: `tau=1.50`; seed 1: `tau=2.50`." in text
+    assert "| 0 | 150 → 140 | 140 → 120 | 40.0 → 20.0 | 400 → 250 |" in text
+    assert "| 1 | 150 → 140 | 141 → 123 | 41.0 → 23.0 | 400 → 250 |" in text
+    with pytest.raises(SystemExit, match="no 'random' rows"):
+        variant_md.section(var, str(ref), method="default", reference_method="random")
 
 
 def test_variant_section_refuses_other_presets_and_missing_rows(tmp_path):
