@@ -93,7 +93,8 @@ def section(variant_dir: str, reference_dir: str, method: str = "bilevel", title
                  f"`{ref_info.get('commit')}`).  ")
     ref_by = {r.get("seed"): r for r in ref}
     changed = {r.get("seed"): _changed(r, ref_by.get(r.get("seed"), ref[0])) for r in var}
-    text = {seed: ", ".join(f"`{k}={format_number(v)}`" for k, v in c.items()) or "none" for seed, c in changed.items()}
+    text = {seed: ", ".join(f"`{k}={format_number(v) if v is not None else 'default'}`" for k, v in c.items()) or "none"
+            for seed, c in changed.items()}
     if len(set(text.values())) == 1:
         lines.append(f"Settings changed: {next(iter(text.values()))}.")
     else:
