@@ -131,6 +131,10 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
     assert info["reporting_reused"] == len(cached)
     assert all(again[m]["curve"] == by[m]["curve"] and again[m]["final_eval_s"] == by[m]["final_eval_s"] for m in methods)
     assert len(list((tmp_path / CACHE_DIR).glob("*.json"))) > len(cached)  # seed 1's evaluations were added
+    # other settings cannot reuse finished trials (they would be reported under settings they never ran with)
+    with pytest.raises(ConfigError, match=r"toy-bayes-s0 was run with the settings .* --resume now asks for"):
+        run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=["bayes"], trials=3, out=str(tmp_path),
+                                      verbose=0, resume=True, overrides={"inner_y": 7}))
     # another budget cannot extend a finished search (Tune would restore the old num_samples silently)
     with pytest.raises(ConfigError, match=r"toy-bayes-s0 was run with 3 trial\(s\), and --resume now asks for 4"):
         run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=["bayes"], trials=4, out=str(tmp_path),

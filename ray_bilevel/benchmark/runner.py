@@ -126,6 +126,22 @@ def _check_budget(state: dict[str, Any], trials: int, path: str) -> None:
             f"delete {path} to rerun this method with {trials} trial(s) (finished methods and seeds are still reused).")
 
 
+def _settings_key(base: Mapping[str, Any]) -> str:
+    """The task settings a method's trials ran with (everything but task and seed), as canonical JSON."""
+    return json.dumps({k: v for k, v in base.items() if k not in ("task", "seed")}, sort_keys=True, default=str)
+
+
+def _check_settings(state: dict[str, Any], base: Mapping[str, Any], path: str) -> None:
+    """A resumed method must run with the settings it was run with (``--preset``, ``--set``): otherwise its finished
+    trials would be reported under settings they never ran with. Folders of older versions record none: not checked."""
+    done = state.get("settings")
+    if done is not None and done != _settings_key(base):
+        raise ConfigError(
+            f"{path} was run with the settings {done}, and --resume now asks for {_settings_key(base)}: its finished "
+            f"trials cannot be reused under other settings. Write the new settings to another --out, or delete {path} "
+            f"to rerun this method with them (finished methods and seeds are still reused).")
+
+
 def _session_cpu(state: Mapping[str, Any], grid: Any, t_fit: float, total: float) -> float:
     """CPU-seconds the method's trials spent in this invocation: its total minus what an earlier session of a
     resumed folder had spent (recorded in the state file; for a folder of an older version without that record, a
@@ -164,6 +180,7 @@ def run_method(
     path = f"{storage.rstrip('/')}/{name}" if is_uri(storage) else os.path.join(storage, name)
     state = _prepare_dir(path, cfg.resume)
     _check_budget(state, spec.trials, path)
+    _check_settings(state, base, path)
     if spec.scheduler is not None:
         random.seed(seed)  # PBT's explore draws from `random` / numpy's global generator
         import numpy as np
@@ -197,7 +214,7 @@ def run_method(
     cpu_now = sum(float((grid[i].metrics or {}).get("cpu_s") or 0.0) for i in range(len(grid)))
     if not is_uri(path):
         _write_state(path, {"wall_time_s": wall, "start": start, "task": task, "method": method, "trials": spec.trials,
-                            "cpu_s": cpu_now})
+                            "cpu_s": cpu_now, "settings": _settings_key(base)})
     if grid.num_terminated + grid.num_errors < len(grid):  # Ctrl-C: Tune stopped the experiment early
         raise KeyboardInterrupt(f"{task} / {method} was interrupted; continue it with --resume.")
     run = _summarise(spec, grid, wall, start, hyper_names)
