@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline-first: nothing downloads
 # trials checkpoint every iteration; Tune's "snapshotting triggered multiple times" warning is noise here
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-from ray_bilevel.benchmark import GENERIC_METHODS, TASKS, BenchmarkConfig, run_benchmark  # noqa: E402
+from ray_bilevel.benchmark import GENERIC_METHODS, TASKS, BenchmarkConfig, IncompleteRunError, run_benchmark  # noqa: E402
 from ray_bilevel.cli import parse_key_values  # noqa: E402
 from ray_bilevel.config import ConfigError  # noqa: E402
 from ray_bilevel.tune.cluster import parse_resources  # noqa: E402
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"compare.py: error: {exc}", file=sys.stderr)
         return 2
+    except IncompleteRunError as exc:
+        print(f"compare.py: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         print(f"compare.py: interrupted: {exc or 'Ctrl-C'}; finished experiments are kept, rerun with --resume.",
               file=sys.stderr)

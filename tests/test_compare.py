@@ -68,6 +68,35 @@ def test_every_searcher_gets_the_same_trial_budget():
         build_experiment("toy", "weighted_sum", base, "x", "min", 2, get_task("toy").budget("smoke"), 0, 2)
 
 
+def test_a_method_that_ends_short_of_its_budget_is_an_error_unless_its_searcher_may_stop_early():
+    """A restored search that lost trials (seen once after SIGKILL + --resume: 3 of 6 random trials, rc 0) must not be
+    reported under the budget it never ran; greedy legitimately ends early (it skips points it already ran)."""
+    from ray_bilevel.benchmark import IncompleteRunError
+    from ray_bilevel.benchmark.runner import _check_complete
+
+    space = get_task("noise_schedule").search_space()
+    base = {"task": "noise_schedule", "preset": "quick", "seed": 0}
+    budget = get_task("noise_schedule").budget("quick")
+    specs = {m: build_experiment("noise_schedule", m, base, "fid_domain", "min", 6, budget, 0, 2, space)
+             for m in ("random", "bayes", "tpe", "grid", "pbt", "dense", "default", "greedy")}
+    assert [m for m, s in specs.items() if s.stops_early] == ["greedy"]
+    for method, spec in specs.items():
+        _check_complete(spec, spec.trials, "/x")  # a full budget passes
+        if method == "greedy":
+            _check_complete(spec, spec.trials - 3, "/x")
+        elif spec.trials > 1:
+            with pytest.raises(IncompleteRunError, match=rf"{method} finished with {spec.trials - 1} of its {spec.trials} "
+                                                   r"trial\(s\) \(/x\).*Delete /x and run again with --resume"):
+                _check_complete(spec, spec.trials - 1, "/x")
+        else:
+            with pytest.raises(IncompleteRunError, match="0 of its 1"):
+                _check_complete(spec, 0, "/x")
+    # a task's own method (a generic searcher over another task's space) follows its searcher
+    own = build_experiment("reward_lambda", "weighted_sum", {"task": "reward_lambda", "preset": "smoke", "seed": 0},
+                           "alignment_val", "max", 3, get_task("reward_lambda").budget("smoke"), 0, 2)
+    assert not own.stops_early
+
+
 def test_table_reports_bilevel_against_default():
     rows = [
         {"task": "noise_schedule", "method": "default", "metric": "fid_domain", "metric_value": 30.0, "fid": 100.0,

@@ -3,6 +3,6 @@ and evaluator, one table. What runs on a task, and its budget, the task declares
 from __future__ import annotations
 
 from ray_bilevel.benchmark.methods import GENERIC_METHODS, methods_for
-from ray_bilevel.benchmark.runner import TASKS, BenchmarkConfig, MethodRun, run_benchmark
+from ray_bilevel.benchmark.runner import TASKS, BenchmarkConfig, IncompleteRunError, MethodRun, run_benchmark
 
-__all__ = ["GENERIC_METHODS", "TASKS", "BenchmarkConfig", "MethodRun", "methods_for", "run_benchmark"]
+__all__ = ["GENERIC_METHODS", "TASKS", "BenchmarkConfig", "IncompleteRunError", "MethodRun", "methods_for", "run_benchmark"]

@@ -63,6 +63,7 @@ class ExperimentSpec:
     searcher: Any = None
     hyper_names: tuple[str, ...] = ()  # searched names beyond the task's own hyperparameters
     trial_task: str = ""  # the task the trials run, when it differs (a TaskMethod's task)
+    stops_early: bool = False  # the searcher may end before ``trials`` (greedy skips points it already ran)
 
 
 def _clip_explore(space: SearchSpace):
@@ -110,7 +111,8 @@ def build_experiment(
         return ExperimentSpec(name, method, False, {**base, "task": task_ref(tm.task), **plan.param_space},
                               other.tuning_metric(),
                               other.mode, search_alg=plan.search_alg, num_samples=plan.num_samples, trials=plan.trials,
-                              searcher=plan.searcher, hyper_names=tuple(tm.space.names), trial_task=trial_task)
+                              searcher=plan.searcher, hyper_names=tuple(tm.space.names), trial_task=trial_task,
+                              stops_early=tm.searcher == "greedy")
     if space is None:
         space = cls.search_space()
     if space is None:  # pragma: no cover - methods() offers searchers only with a space
@@ -141,7 +143,8 @@ def build_experiment(
         raise ConfigError(f"no searcher for method {method!r}.")
     plan = make_searcher(method, space, metric, mode, seed, trials, max_concurrent=max_concurrent)
     return ExperimentSpec(name, method, False, {**base, **plan.param_space}, metric, mode, search_alg=plan.search_alg,
-                          num_samples=plan.num_samples, trials=plan.trials, searcher=plan.searcher)
+                          num_samples=plan.num_samples, trials=plan.trials, searcher=plan.searcher,
+                          stops_early=method == "greedy")
 
 
 def iterations_per_step(budget: int, iterations: int) -> int:

@@ -126,6 +126,21 @@ def _check_budget(state: dict[str, Any], trials: int, path: str) -> None:
             f"delete {path} to rerun this method with {trials} trial(s) (finished methods and seeds are still reused).")
 
 
+class IncompleteRunError(RuntimeError):
+    """A method finished with fewer trials than its budget (see :func:`_check_complete`)."""
+
+
+def _check_complete(spec: ExperimentSpec, ran: int, path: str) -> None:
+    """A finished method must hold its whole budget: a search whose searcher cannot stop early (every one but
+    greedy) that ends with fewer trials than ``spec.trials`` lost some, which a Tune restore after the driver was
+    killed at an unlucky moment can do; its answer would be reported under a budget it never ran."""
+    if not spec.stops_early and ran < spec.trials:
+        raise IncompleteRunError(
+            f"{spec.task} / {spec.method} finished with {ran} of its {spec.trials} trial(s) ({path}): the restored "
+            f"experiment lost trials, so its answer is not that of its budget. Delete {path} and run again with "
+            f"--resume (finished methods and seeds are reused).")
+
+
 def _settings_key(base: Mapping[str, Any]) -> str:
     """The task settings a method's trials ran with (everything but task and seed), as canonical JSON."""
     return json.dumps({k: v for k, v in base.items() if k not in ("task", "seed")}, sort_keys=True, default=str)
@@ -217,6 +232,7 @@ def run_method(
                             "cpu_s": cpu_now, "settings": _settings_key(base)})
     if grid.num_terminated + grid.num_errors < len(grid):  # Ctrl-C: Tune stopped the experiment early
         raise KeyboardInterrupt(f"{task} / {method} was interrupted; continue it with --resume.")
+    _check_complete(spec, len(grid), path)
     run = _summarise(spec, grid, wall, start, hyper_names)
     run.row["session_cpu_s"] = round(_session_cpu(state, grid, t_fit, cpu_now), 2)
     run.row["preset"] = cfg.preset
