@@ -23,7 +23,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ray_bilevel.benchmark.report import format_number
+from ray_bilevel.benchmark.report import difference_cell, format_number
 from ray_bilevel.benchmark.reporting import add_regret
 from ray_bilevel.benchmark.stats import paired_differences
 
@@ -121,16 +121,7 @@ def section(variant_dir: str, reference_dir: str, method: str = "bilevel", title
     lines.append("")
     lines.append("| " + " | ".join(name.format(m=metric) for _, name in _PAIRED) + " |")
     lines.append("|" + "---|" * len(_PAIRED))
-    cells = []
-    for key, _ in _PAIRED:
-        d = diffs.get(key)
-        if d is None:
-            cells.append("–")
-            continue
-        interval = (f" [{format_number(d['ci95_low'])}, {format_number(d['ci95_high'])}]"
-                    if d["ci95_low"] is not None else "")
-        verdict = "tie" if d["better"] == "tie" else f"{d['better']} better" if d["better"] else d["verdict"]
-        cells.append(f"{d['mean']:+.3g}{interval} {verdict}")
+    cells = [difference_cell(diffs.get(key), digits=3) for key, _ in _PAIRED]
     lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

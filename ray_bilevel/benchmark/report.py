@@ -19,7 +19,7 @@ from typing import Any
 
 from ray_bilevel.tasks.base import GENERIC_METHODS
 
-__all__ = ["COLUMNS", "write_outputs", "write_summary", "markdown_report", "markdown_table", "format_number",
+__all__ = ["COLUMNS", "write_outputs", "write_summary", "markdown_report", "markdown_table", "format_number", "difference_cell",
            "git_commit"]
 
 #: Columns of results.csv, in order (results.json objects carry the same keys and more: ``curve``, ``sweep``,
@@ -126,13 +126,15 @@ def _signed(value: float | None, digits: int = 3) -> str:
     return f"+{text}" if value is not None and value > 0 else text
 
 
-def _diff_cell(entry: dict[str, Any] | None) -> str:
-    """``-2.10 [-3.00, -1.20] bilevel better`` / ``+0.4 [-1.0, 1.8] tie``: mean difference, 95 % interval, verdict."""
+def difference_cell(entry: dict[str, Any] | None, digits: int = 2) -> str:
+    """``-2.10 [-3.0, -1.2] bilevel better`` / ``+0.4 [-1.0, 1.8] tie``: a paired difference of
+    :func:`~ray_bilevel.benchmark.stats.paired_differences` as mean (3 significant digits), 95 % interval (``digits``)
+    and verdict; ``(n=1)`` in place of an interval that one pair cannot give."""
     if not entry:
         return "–"
     text = _signed(entry["mean"])
     if entry.get("ci95_low") is not None:
-        text += f" [{format_number(entry['ci95_low'], 2)}, {format_number(entry['ci95_high'], 2)}]"
+        text += f" [{format_number(entry['ci95_low'], digits)}, {format_number(entry['ci95_high'], digits)}]"
     else:
         text += f" (n={entry['n']})"
     better = entry.get("better")
@@ -254,7 +256,7 @@ def markdown_report(rows: Sequence[dict[str, Any]], reference: str = REFERENCE) 
                     continue
                 entries = [paired.get((task, m, k)) for k in pkeys]
                 n = max((e["n"] for e in entries if e), default=0)
-                out.append(f"| {m} | {n} | " + " | ".join(_diff_cell(e) for e in entries) + " |")
+                out.append(f"| {m} | {n} | " + " | ".join(difference_cell(e) for e in entries) + " |")
         oracle = _oracle_table([r for r in sub if r["method"] == ORACLE], metric, mode)
         if oracle:
             out.append("")
