@@ -43,8 +43,8 @@ def test_variant_section_regret_from_the_reference_oracle_and_paired_differences
     # variant - reference per seed: val -10 (no spread: the interval collapses on the mean), test and regret
     # -20 + s (mean -19), no FID, CPU-s +10
     last = text.rstrip().splitlines()[-1]
-    assert last.startswith("| -10 [-10.0, -10.0] variant better | -19 [-21.5, -16.5] variant better | "
-                           "-19 [-21.5, -16.5] variant better | – | +10 [10.0, 10.0] reference better |"), last
+    assert last.startswith("| -10.0 [-10.0, -10.0] variant better | -19.0 [-21.5, -16.5] variant better | "
+                           "-19.0 [-21.5, -16.5] variant better | – | +10.0 [10.0, 10.0] reference better |"), last
 
 
 def test_variant_folders_per_seed_another_reference_method_and_oracle(tmp_path):
