@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--resources-per-trial", default="cpu=1", help="e.g. cpu=1,gpu=0.5 (default cpu=1)")
     p.add_argument("--storage-path", default=None, help="Tune storage: absolute folder or URI (default: OUT/ray_results)")
     p.add_argument("--out", default="benchmark_results", help="results folder (default ./benchmark_results)")
-    p.add_argument("--resume", action="store_true", help="continue interrupted experiments in the storage path (Tuner.restore) and reuse finished ones; add --seeds or --methods to extend a run (a finished search with another --trials is refused)")
+    p.add_argument("--resume", action="store_true", help="continue interrupted experiments in the storage path (Tuner.restore) and reuse finished ones; add --seeds or --methods to extend a run (a search with another --trials runs afresh beside the finished one, in NAME-tN; default, bilevel and dense are reused)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="task setting for every trial, e.g. --set eval_samples=500")
     p.add_argument("--concurrent-methods", default="auto", metavar="N",
                    help="run up to N methods at once on the Ray instance (default auto: as many as trials fit at once, "

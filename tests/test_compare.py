@@ -164,10 +164,33 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"toy-bayes-s0 was run with the settings .* --resume now asks for"):
         run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=["bayes"], trials=3, out=str(tmp_path),
                                       verbose=0, resume=True, overrides={"inner_y": 7}))
-    # another budget cannot extend a finished search (Tune would restore the old num_samples silently)
-    with pytest.raises(ConfigError, match=r"toy-bayes-s0 was run with 3 trial\(s\), and --resume now asks for 4"):
-        run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=["bayes"], trials=4, out=str(tmp_path),
-                                      verbose=0, resume=True))
+    # another budget: the search runs afresh beside the finished one (a search of 4 is not that of 3 plus one point),
+    # what does not depend on the budget (default) is reused, and asking for 3 again reads the old search back
+    bigger = {r.row["method"]: r.row for r in run_benchmark(BenchmarkConfig(
+        tasks=["toy"], preset="smoke", methods=["default", "bayes"], trials=4, out=str(tmp_path), verbose=0,
+        resume=True))}
+    assert bigger["bayes"]["trials"] == 4 and bigger["default"]["metric_value"] == by["default"]["metric_value"]
+    assert bigger["default"]["session_cpu_s"] == 0.0 and bigger["bayes"]["session_cpu_s"] > 0
+    assert len([p for p in (tmp_path / "ray_results" / "toy-bayes-s0-t4").iterdir() if p.is_dir()]) == 4
+    assert sorted(p.name for p in (tmp_path / "ray_results" / "toy-bayes-s0").iterdir() if p.is_dir()) == trial_dirs
+    back = run_benchmark(BenchmarkConfig(tasks=["toy"], preset="smoke", methods=["bayes"], trials=3, out=str(tmp_path),
+                                         verbose=0, resume=True))
+    assert back[0].row["trials"] == 3 and back[0].row["metric_value"] == by["bayes"]["metric_value"]
+    assert back[0].row["session_cpu_s"] == 0.0
+
+
+def test_a_search_of_another_budget_gets_its_own_folder_only_when_resuming_beside_a_finished_one(tmp_path):
+    from ray_bilevel.benchmark.runner import _method_name, _write_state
+
+    storage = str(tmp_path)
+    assert _method_name(storage, "t-random-s0", 15, resume=True) == "t-random-s0"  # nothing there yet
+    _write_state(str(tmp_path / "t-random-s0"), {"trials": 2})
+    assert _method_name(storage, "t-random-s0", 2, resume=True) == "t-random-s0"  # the same budget: resumed
+    assert _method_name(storage, "t-random-s0", 15, resume=True) == "t-random-s0-t15"  # another: beside it
+    assert _method_name(storage, "t-random-s0", 15, resume=False) == "t-random-s0"  # a fresh run replaces the folder
+    assert _method_name("s3://bucket/x", "t-random-s0", 15, resume=True) == "t-random-s0"  # no state read from URIs
+    _write_state(str(tmp_path / "t-dense-s0"), {"wall_time_s": 1.0})  # an older version's folder: no budget recorded
+    assert _method_name(storage, "t-dense-s0", 15, resume=True) == "t-dense-s0"
 
 
 def test_evaluation_key_changes_with_the_checkpoint_bytes_the_config_and_the_kind(tmp_path):

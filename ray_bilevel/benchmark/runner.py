@@ -117,7 +117,9 @@ def _prepare_dir(path: str, resume: bool) -> dict[str, Any]:
 def _check_budget(state: dict[str, Any], trials: int, path: str) -> None:
     """A resumed method must ask for the budget it was run with: Tune restores an experiment with its old
     ``num_samples``, and a searcher's first n points are not the first n of a longer search (the GP's random
-    start scales with the budget), so "more trials" cannot extend a finished search without changing it."""
+    start scales with the budget), so "more trials" cannot extend a finished search without changing it. Local
+    folders never get here with another budget (:func:`_method_name` puts that search beside the old one); a
+    remote storage URI, whose state this harness does not read, can."""
     done = state.get("trials")
     if done is not None and int(done) != int(trials):
         raise ConfigError(
@@ -144,6 +146,18 @@ def _check_complete(spec: ExperimentSpec, ran: int, path: str) -> None:
 def _settings_key(base: Mapping[str, Any]) -> str:
     """The task settings a method's trials ran with (everything but task and seed), as canonical JSON."""
     return json.dumps({k: v for k, v in base.items() if k not in ("task", "seed")}, sort_keys=True, default=str)
+
+
+def _method_name(storage: str, name: str, trials: int, resume: bool) -> str:
+    """The experiment folder of one method and seed: ``TASK-METHOD-sSEED``, or ``...-tN`` when resuming with a budget
+    of N trials while that folder holds a search of another budget. So ``--resume --trials paper`` into a finished
+    quick comparison reuses what does not depend on the budget (default, bilevel, the dense oracle: their trial
+    counts do not change) and runs each search afresh at the new budget beside the old one, which stays and is
+    reused when the old budget is asked for again (a search of N trials is not the shorter one plus more points)."""
+    if not resume or is_uri(storage):
+        return name
+    done = _state(os.path.join(storage, name)).get("trials")
+    return name if done is None or int(done) == int(trials) else f"{name}-t{int(trials)}"
 
 
 def _check_settings(state: dict[str, Any], base: Mapping[str, Any], path: str) -> None:
@@ -191,11 +205,13 @@ def run_method(
     task = spec.task  # its name, for folders and logs
     cls = BenchBilevelTrainable if spec.bilevel else BenchFixedTrainable
     trainable = tune.with_resources(cls, dict(_ray_resources(cfg.resources)))
-    name = f"{task}-{method}-s{seed}"
+    name = _method_name(storage, f"{task}-{method}-s{seed}", spec.trials, cfg.resume)
     path = f"{storage.rstrip('/')}/{name}" if is_uri(storage) else os.path.join(storage, name)
     state = _prepare_dir(path, cfg.resume)
     _check_budget(state, spec.trials, path)
     _check_settings(state, base, path)
+    if not is_uri(path) and "trials" not in state:  # recorded before the first trial: a killed run keeps its budget
+        _write_state(path, {**state, "trials": spec.trials, "settings": _settings_key(base)})
     if spec.scheduler is not None:
         random.seed(seed)  # PBT's explore draws from `random` / numpy's global generator
         import numpy as np
