@@ -5,4 +5,5 @@ from __future__ import annotations
 from ray_bilevel.benchmark.methods import GENERIC_METHODS, methods_for
 from ray_bilevel.benchmark.runner import TASKS, BenchmarkConfig, IncompleteRunError, MethodRun, run_benchmark
 
-__all__ = ["GENERIC_METHODS", "TASKS", "BenchmarkConfig", "IncompleteRunError", "MethodRun", "methods_for", "run_benchmark"]
+__all__ = ["GENERIC_METHODS", "TASKS", "BenchmarkConfig", "IncompleteRunError", "MethodRun", "methods_for",
+           "run_benchmark"]

@@ -19,8 +19,8 @@ from typing import Any
 
 from ray_bilevel.tasks.base import GENERIC_METHODS
 
-__all__ = ["COLUMNS", "write_outputs", "write_summary", "markdown_report", "markdown_table", "format_number", "difference_cell",
-           "git_commit"]
+__all__ = ["COLUMNS", "write_outputs", "write_summary", "markdown_report", "markdown_table", "format_number",
+           "difference_cell", "git_commit"]
 
 #: Columns of results.csv, in order (results.json objects carry the same keys and more: ``curve``, ``sweep``,
 #: ``settings``... go only to JSON). Test metrics, then their validation twins (``_val``).
