@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ray_bilevel.config import ConfigError
+from ray_bilevel.cost import watch
 
 __all__ = [
     "build_unet",
@@ -69,7 +70,7 @@ def build_unet(
     up = ["UpBlock2D"] * len(blocks)
     if attention:
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
-    return UNet2DModel(
+    unet = UNet2DModel(
         sample_size=image_size,
         in_channels=channels,
         out_channels=channels,
@@ -81,6 +82,7 @@ def build_unet(
         num_class_embeds=num_class_embeds,
         add_attention=attention,
     )
+    return watch(unet, "unet")  # every call counts towards cost_flops (ray_bilevel.cost)
 
 
 def _eps(model: nn.Module, x: Tensor, t: Tensor, class_labels: Tensor | None) -> Tensor:

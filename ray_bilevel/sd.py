@@ -75,9 +75,13 @@ def load_sd(name_or_path: str | os.PathLike = SD15, allow_download: bool = False
             f"Stable Diffusion weights {str(name_or_path)!r} are not available locally; pass allow_download=True "
             "(Hugging Face Hub, about 4 GB) or the path of a folder saved with StableDiffusionPipeline.save_pretrained."
         ) from exc
+    from ray_bilevel.cost import watch
+
     for module in (unet, vae, text_encoder):
         # transformers' decorator on PreTrainedModel.to hides its signature from mypy
         module.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
+    watch(unet, "unet")  # counted towards cost_flops (ray_bilevel.cost); the decoder in VAEDecoder
+    watch(text_encoder, "text_encoder")
     return SDParts(unet, vae, text_encoder, tokenizer, sched)
 
 
@@ -101,6 +105,11 @@ class VAEDecoder:
         self.scaling = float(getattr(vae.config, "scaling_factor", 1.0))
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        from ray_bilevel.cost import count_call
+
+        return count_call("vae_decoder", self.vae, self._decode, latents)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents / self.scaling).sample
 
 

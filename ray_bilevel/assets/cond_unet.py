@@ -27,13 +27,15 @@ def load_cond_unet(model_dir: str | Path | None = None) -> tuple[Any, Any]:
     """``(UNet2DModel in eval mode, fp32, frozen; DDIMScheduler)`` from ``model_dir`` (default: shipped)."""
     from diffusers import DDIMScheduler, UNet2DModel
 
+    from ray_bilevel.cost import watch
+
     path = Path(model_dir) if model_dir is not None else COND_UNET_DIR
     if not (path / "config.json").exists():
         raise FileNotFoundError(
             f"no pretrained U-Net in {path}; rebuild it with `python -m ray_bilevel.assets.train_cond_unet --out {path}`."
         )
     unet = UNet2DModel.from_pretrained(path, torch_dtype=torch.float32, low_cpu_mem_usage=False)
-    unet = unet.eval().requires_grad_(False)
+    unet = watch(unet.eval().requires_grad_(False), "unet")  # counted towards cost_flops (ray_bilevel.cost)
     scheduler = DDIMScheduler.from_pretrained(path)
     return unet, scheduler
 

@@ -90,7 +90,9 @@ def _load_cached(device: str) -> DigitClassifier:
     model = DigitClassifier()
     model.load_state_dict(load_file(str(WEIGHTS_PATH), device="cpu"))
     model.eval().requires_grad_(False)
-    return model.to(device)
+    from ray_bilevel.cost import watch
+
+    return watch(model.to(device), "digit_classifier")  # counted towards cost_flops (ray_bilevel.cost)
 
 
 def load_digit_classifier(device: str | torch.device = "cpu") -> DigitClassifier:

@@ -17,7 +17,8 @@ __all__ = ["make_plots", "make_summary_plots", "anytime_plot", "oracle_plot"]
 #: The oracle plot's two marked sweep points, in colours no method line uses (methods are drawn dotted).
 _SELECTED = {"*": "darkorange", "D": "teal"}
 _COLORS = {"default": "black", "bilevel": "tab:red", "greedy": "tab:blue", "grid": "tab:blue", "random": "tab:green",
-           "bayes": "tab:purple", "tpe": "tab:orange", "pbt": "tab:brown", "dense": "dimgray"}
+           "bayes": "tab:purple", "tpe": "tab:orange", "pbt": "tab:brown", "dense": "dimgray", "bilevel_retrain": "darkred",
+           "asha": "limegreen", "optuna_tpe": "goldenrod", "optuna_gp": "mediumorchid", "pb2": "sienna"}
 _EXTRA_COLORS = ("tab:cyan", "tab:olive", "tab:pink", "tab:gray")
 
 
@@ -200,14 +201,23 @@ def _better_text(mode: str | None) -> str:
     return {"min": " (lower is better)", "max": " (higher is better)"}.get(mode or "", "")
 
 
-def _step_curve(points: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    """A seed's anytime curve as (cumulative CPU-seconds, test value) steps, points without a test value left out."""
+def _step_curve(points: Sequence[dict[str, Any]], x_key: str = "cpu_s") -> tuple[list[float], list[float]]:
+    """A seed's anytime curve as (cumulative cost ``x_key``, test value) steps, points without a test value left out."""
     xs, ys = [], []
-    for p in sorted((p for p in points or [] if p.get("metric_value") is not None and p.get("cpu_s") is not None),
-                    key=lambda p: float(p["cpu_s"])):
-        xs.append(float(p["cpu_s"]))
+    for p in sorted((p for p in points or [] if p.get("metric_value") is not None and p.get(x_key) is not None),
+                    key=lambda p: float(p[x_key])):
+        xs.append(float(p[x_key]))
         ys.append(float(p["metric_value"]))
     return xs, ys
+
+
+def _cost_axis(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """The anytime curves' x: counted compute (``cost_flops``) where every curve point has it, else CPU-seconds
+    (results written before counted compute existed)."""
+    points = [p for r in rows for p in (r.get("curve") or [])]
+    if points and all(p.get("cost_flops") is not None for p in points):
+        return "cost_flops", "cumulative counted compute of the method's trials (FLOPs)"
+    return "cpu_s", "cumulative CPU-seconds of the method's trials"
 
 
 def _on_grid(xs: Sequence[float], ys: Sequence[float], grid: Any) -> Any:
@@ -222,19 +232,20 @@ def _on_grid(xs: Sequence[float], ys: Sequence[float], grid: Any) -> Any:
 
 
 def anytime_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | None:
-    """Test value of each method's validation-selected incumbent (the rows' ``curve``) against cumulative
-    CPU-seconds: per method the mean over seeds (each seed's step curve evaluated on the union of the seeds'
+    """Test value of each method's validation-selected incumbent (the rows' ``curve``) against its cumulative
+    counted compute (``cost_flops``; CPU-seconds for older results): per method the mean over seeds (each seed's step curve evaluated on the union of the seeds'
     breakpoints, from where every seed has a point to where the last one ends; a finished seed holds its
     answer) with a min-max band; log x when the CPU range spans more than 30×. ``None`` if no row has a curve."""
     import numpy as np
 
     sub = _task_rows(rows, task)
     methods = list(dict.fromkeys(r["method"] for r in sub))
+    x_key, x_label = _cost_axis(sub)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     spans, drawn = [], False
     for method in methods:
-        curves = [c for c in (_step_curve(r.get("curve") or []) for r in sub if r["method"] == method) if c[0]]
+        curves = [c for c in (_step_curve(r.get("curve") or [], x_key) for r in sub if r["method"] == method) if c[0]]
         if not curves:
             continue
         start, end = max(c[0][0] for c in curves), max(c[0][-1] for c in curves)
@@ -249,7 +260,7 @@ def anytime_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | 
         if grid.size == 1:
             ax.errorbar(grid, mean, yerr=[mean - low, high - mean], fmt="s", color=color, ms=6, capsize=3, label=label)
         else:
-            ax.step(grid, mean, where="post", color=color, lw=2 if method == "bilevel" else 1.3, label=label)
+            ax.step(grid, mean, where="post", color=color, lw=2 if method.startswith("bilevel") else 1.3, label=label)
             if len(curves) > 1:
                 ax.fill_between(grid, low, high, step="post", color=color, alpha=0.15, lw=0)
         spans += [float(x) for x in grid if x > 0]
@@ -261,7 +272,7 @@ def anytime_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | 
         ax.set_xscale("log")
     mode = _mode(sub)
     metric = next((r.get("metric") for r in sub if r.get("metric")), "metric")
-    return _finish(fig, ax, path, "cumulative CPU-seconds of the method's trials", f"{metric} (test)",
+    return _finish(fig, ax, path, x_label, f"{metric} (test)",
                    f"{task}: test {metric} of the validation-selected answer{_better_text(mode)}\n"
                    "mean over seeds, band = min–max over seeds")
 
@@ -313,8 +324,8 @@ def oracle_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | N
     hyperparameter: the whole sweep when one parameter varies, else its 1-D slice through the defaults (the
     ``default`` method's config) along the parameter that varies most there. ★ marks the config with the best
     mean validation value (the validation-selected answer; a horizontal line when it lies off the slice),
-    ◆ the best mean test value; dotted lines: bilevel's and default's mean test values. Log x when positive and
-    spanning more than 30×. ``None`` without a sweep."""
+    ◆ the best mean test value (descriptive: chosen on test, not the regret reference); dotted lines: bilevel's
+    and default's mean test values. Log x when positive and spanning more than 30×. ``None`` without a sweep."""
     import numpy as np
 
     from ray_bilevel.benchmark.stats import mean_ci, sweep_summary
@@ -352,7 +363,7 @@ def oracle_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | N
             ax.vlines(x, low, high, color="tab:gray", alpha=0.4)
     if np.isfinite(val).any():
         ax.plot(x, val, "--" if is_slice else "x", color="tab:gray", alpha=0.7, label="dense sweep, validation (mean)")
-    for i, marker, name in ((val_best, "*", "validation-selected"), (test_best, "D", "best on test (oracle)")):
+    for i, marker, name in ((val_best, "*", "validation-selected"), (test_best, "D", "best on test (descriptive)")):
         if i is None:
             continue
         text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in configs[i]["config"].items())

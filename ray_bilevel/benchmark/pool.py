@@ -44,6 +44,13 @@ def run_ordered(fn: Callable[[J], R], jobs: Sequence[J], width: int, log: Callab
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             i = pending.pop(ref)
-            result = done[i] = ray.get(ref)  # re-raises the job's error (ConfigError, interruption) here
+            try:
+                result = done[i] = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                # the job's own error (ConfigError, interruption), as width 1 raises it: a RayTaskError's text is
+                # the remote traceback, which would turn a one-line ConfigError into one; chained for bugs
+                if isinstance(exc.cause, BaseException):
+                    raise exc.cause from exc
+                raise
             log(f"finished {describe(jobs[i])}{done_note(result)}")
     return [done[i] for i in range(len(jobs))]

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ray_bilevel.benchmark.store import atomic_write_json
 from ray_bilevel.tasks.base import GENERIC_METHODS
 
 __all__ = ["COLUMNS", "write_outputs", "write_summary", "markdown_report", "markdown_table", "format_number",
@@ -27,7 +28,7 @@ __all__ = ["COLUMNS", "write_outputs", "write_summary", "markdown_report", "mark
 COLUMNS = ("task", "method", "seed", "preset", "metric", "mode", "metric_value", "metric_value_val", "regret",
            "fid", "fid_domain", "is", "alignment", "reward",
            "fid_val", "fid_domain_val", "is_val", "alignment_val", "reward_val",
-           "wall_time_s", "cpu_s", "final_eval_s", "trials", "errors", "best_config")
+           "cost_flops", "wall_time_s", "cpu_s", "final_eval_s", "trials", "lower_steps", "errors", "best_config")
 
 
 def _compared(method: str) -> bool:
@@ -63,7 +64,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     for task in dict.fromkeys(r["task"] for r in rows):
         sub = [r for r in rows if r["task"] == task]
         default = next((r for r in sub if r["method"] == "default"), None)
-        ref_time = default["wall_time_s"] if default and default["wall_time_s"] else None
+        # cost: counted compute where the rows have it (older results: wall time)
+        cost_key = "cost_flops" if all(r.get("cost_flops") is not None for r in sub) else "wall_time_s"
+        ref_time = default[cost_key] if default and default.get(cost_key) else None
         metric = sub[0]["metric"]
         extra = [metric] if metric not in _METRIC_HEADERS else []  # a task's own objective gets a column
         settings = ", ".join(f"{k}={v}" for k, v in (sub[0].get("settings") or {}).items())
@@ -73,12 +76,14 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
                    f"{max(searchers) if searchers else 0} trials per searcher; selection metric {metric} "
                    "(in-loop); FID / IS / alignment / reward from one final evaluation of each method's best checkpoint.\n")
         out.append("| method | best hyperparameters | " + " | ".join(extra + list(_METRIC_HEADERS.values()))
-                   + " | wall time (s) | × default time | trials |")
-        out.append("|" + "---|" * (2 + len(extra) + len(_METRIC_HEADERS) + 3))
+                   + (" | GFLOP | wall time (s) | × default cost |" if cost_key == "cost_flops" else
+                      " | wall time (s) | × default time |") + " trials |")
+        out.append("|" + "---|" * (2 + len(extra) + len(_METRIC_HEADERS) + 3 + (cost_key == "cost_flops")))
         for r in sub:
-            ratio = r["wall_time_s"] / ref_time if ref_time else None
+            ratio = r[cost_key] / ref_time if ref_time else None
             cells = [r["method"], _config_text(r["best_config"])] + [format_number(r["metric_value"]) for _ in extra]
             cells += [format_number(r[m]) for m in _METRIC_HEADERS]
+            cells += [format_number(r["cost_flops"] / 1e9)] if cost_key == "cost_flops" else []
             cells += [format_number(r["wall_time_s"]), format_number(ratio, 2), str(r["trials"])
                       + (f" ({r['errors']} failed)" if r.get("errors") else "")]
             out.append("| " + " | ".join(cells) + " |")
@@ -94,6 +99,8 @@ def _relative(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Relative change of each metric and the wall-time ratio of row ``a`` against row ``b``."""
     notes = [f"{m} {100 * (a[m] - b[m]) / abs(b[m]):+.1f} %" for m in ("fid", "fid_domain", "is", "alignment", "reward")
              if a.get(m) is not None and b.get(m)]
+    if a.get("cost_flops") and b.get("cost_flops"):
+        notes.append(f"cost ×{a['cost_flops'] / b['cost_flops']:.2f}")
     if a.get("wall_time_s") and b.get("wall_time_s"):
         notes.append(f"time ×{a['wall_time_s'] / b['wall_time_s']:.2f}")
     return notes
@@ -187,8 +194,9 @@ def _oracle_table(rows: Sequence[dict[str, Any]], metric: str, mode: str | None)
                 "every point is in results.json (`sweep`).")
     n_seeds = len({r.get("seed") for r in rows})
     lines = [f"**Oracle ({ORACLE} sweep)**: every config evaluated on both splits, mean over {n_seeds} seed(s) "
-             f"± 95 % t half-width. ★ = best mean on validation (what a validation-selected sweep answers), "
-             f"◆ = best mean on test (the oracle, whose value regret is measured against per seed).{note}\n",
+             f"± 95 % t half-width. ★ = best mean on validation (the config a validation-selected sweep answers; "
+             f"regret is measured per seed against the oracle's own validation-chosen answer, the `{ORACLE}` row), "
+             f"◆ = best mean on test (descriptive only: chosen on test, no method could choose it).{note}\n",
              f"| config | {metric} test | {metric} val | |", "|---|---|---|---|"]
     for i in shown:
         c = configs[i]
@@ -219,18 +227,23 @@ def markdown_report(rows: Sequence[dict[str, Any]], reference: str = REFERENCE) 
                    f"every trial: {settings or '–'}. Selection metric `{metric}` ({_mode_text(mode)}): each method "
                    "chooses its answer on the validation split; `test` is that answer's value on the test split. "
                    "Cells: mean ± half-width of the 95 % Student-t interval over seeds (one value when n = 1). "
-                   + ("Regret: how far the test value is from the dense oracle's best test value of the same seed "
-                      "(≥ 0, 0 = the oracle). " if _present(sub, "regret") else "")
-                   + "Cost: CPU-seconds summed over the method's trials and its wall time; the final test evaluation "
-                   "(final eval) is excluded from cost.\n")
+                   + ("Regret: the test value minus the test value of the dense oracle's answer of the same seed "
+                      "(the sweep point best on validation; signed so that > 0 is worse, 0 = the oracle; negative: the "
+                      "method beat the sweep's validation-chosen answer). " if _present(sub, "regret") else "")
+                   + ("Cost: counted compute (GFLOP: the FLOPs of every network the method's trials ran, "
+                      "deterministic at any concurrency and on any machine), with the CPU-seconds summed over its "
+                      "trials and its wall time beside it; " if _present(sub, "cost_gflop") else
+                      "Cost: CPU-seconds summed over the method's trials and its wall time; ")
+                   + "the final test evaluation (final eval) is excluded from cost.\n")
         head = ["method", "seeds", "best config", f"{metric} test", f"{metric} val"]
         head += [f"{_METRIC_HEADERS[m]} test" for m in others]
         keys = ["metric_value", "metric_value_val", *others]
         if _present(sub, "regret"):
             head.append("regret")
             keys.append("regret")
-        head += ["CPU s", "wall s", "final eval s", "trials"]
-        keys += ["cpu_s", "wall_time_s", "final_eval_s"]
+        cost = ["cost_gflop"] if _present(sub, "cost_gflop") else []
+        head += ["GFLOP"] * len(cost) + ["CPU s", "wall s", "final eval s", "trials"]
+        keys += [*cost, "cpu_s", "wall_time_s", "final_eval_s"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for m in methods:
@@ -244,8 +257,9 @@ def markdown_report(rows: Sequence[dict[str, Any]], reference: str = REFERENCE) 
             cells += [_pm(summary.get((task, m, k)), n_seeds) for k in keys]
             out.append("| " + " | ".join(cells + [trial_text]) + " |")
         if reference in methods and len(methods) > 1:
-            pkeys = ["metric_value", "metric_value_val", *others, "cpu_s", "wall_time_s"]
-            phead = [f"{metric} test", f"{metric} val", *(f"{_METRIC_HEADERS[m]} test" for m in others), "CPU s", "wall s"]
+            pkeys = ["metric_value", "metric_value_val", *others, *cost, "cpu_s", "wall_time_s"]
+            phead = [f"{metric} test", f"{metric} val", *(f"{_METRIC_HEADERS[m]} test" for m in others),
+                     *(["GFLOP"] * len(cost)), "CPU s", "wall s"]
             out.append(f"\n**{reference} − baseline**, paired by seed: mean difference [95 % t interval] over the seeds "
                        "both have; `tie` when the interval contains 0 (or one seed), else the better method given the "
                        f"metric's direction (`{metric}`: {_mode_text(mode)}).\n")
@@ -271,9 +285,8 @@ def write_summary(rows: Sequence[dict[str, Any]], out: str, reference: str = REF
     from ray_bilevel.benchmark.stats import paired_differences, summarise
 
     path = os.path.join(out, "summary.json")
-    with open(path, "w") as fh:
-        json.dump(_clean({"summary": summarise(rows), "paired": paired_differences(rows, reference)}), fh, indent=1,
-                  allow_nan=False)
+    atomic_write_json(path, _clean({"summary": summarise(rows), "paired": paired_differences(rows, reference)}),
+                      indent=1, allow_nan=False)
     return path
 
 
@@ -335,8 +348,7 @@ def write_outputs(runs: Sequence[Any], cfg: Any, efficiency: dict[str, Any] | No
     extra = ("preset", "seed", "settings")
     rows = [_clean({**{c: r.row.get(c) for c in COLUMNS + extra}, **r.row, "final_metrics": r.final_metrics or None})
             for r in runs]
-    with open(os.path.join(out, "results.json"), "w") as fh:
-        json.dump(rows, fh, indent=1, allow_nan=False)
+    atomic_write_json(os.path.join(out, "results.json"), rows, indent=1, allow_nan=False)
     _write_csv(os.path.join(out, "results.csv"), rows, COLUMNS)
     first = ("task", "method", "seed", "config", "iterations", "time_total_s", "error")
     trials = [{"task": r.row["task"], "method": r.row["method"], "seed": r.row.get("seed"), **t}
@@ -348,8 +360,7 @@ def write_outputs(runs: Sequence[Any], cfg: Any, efficiency: dict[str, Any] | No
         curves.setdefault(r.row["task"], {}).setdefault(r.row["method"], {})[str(r.row.get("seed"))] = {
             "metric": r.row.get("metric") or r.spec.metric, "mode": r.row.get("mode"),
             "points": r.row.get("curve") or [list(p) for p in r.curve]}
-    with open(os.path.join(out, "curves.json"), "w") as fh:
-        json.dump(_clean(curves), fh, indent=1, allow_nan=False)
+    atomic_write_json(os.path.join(out, "curves.json"), _clean(curves), indent=1, allow_nan=False)
     import ray
 
     commit = commit or git_commit(exclude=out)
@@ -360,8 +371,7 @@ def write_outputs(runs: Sequence[Any], cfg: Any, efficiency: dict[str, Any] | No
             **_clean(dict(efficiency or {})),
             "config": _clean({k: v for k, v in dataclasses.asdict(cfg).items()})}
     write_summary(rows, out)
-    with open(os.path.join(out, "run_info.json"), "w") as fh:
-        json.dump(info, fh, indent=1, default=str)
+    atomic_write_json(os.path.join(out, "run_info.json"), info, indent=1, default=str)
     if cfg.plots:
         from ray_bilevel.benchmark.plots import make_plots, make_summary_plots
 

@@ -21,6 +21,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ray_bilevel.benchmark.store import CORRUPT_FILE, atomic_write_json, read_json
+from ray_bilevel.config import ConfigError
+
 __all__ = ["evaluate_runs", "add_regret", "ROW_METRICS", "CACHE_DIR", "evaluation_key"]
 
 #: The folder (inside the results folder) of the cached reporting evaluations.
@@ -86,27 +89,30 @@ def _jsonable(value: Any) -> Any:
 
 
 def _cache_read(cache: str, key: str | None) -> dict[str, Any] | None:
+    """The cached evaluation of ``key`` (None: not cached); a truncated or corrupt entry is a ConfigError naming it."""
     if key is None:
         return None
+    path = os.path.join(cache, f"{key}.json")
+    fix = f"delete it (or the folder {cache}) and run with --resume again to evaluate that checkpoint anew."
     try:
-        with open(os.path.join(cache, f"{key}.json")) as fh:
-            entry = json.load(fh)
-    except (OSError, ValueError):
+        entry = read_json(path, fix, expect=dict)
+    except FileNotFoundError:
         return None
-    entry["files"] = {k: base64.b64decode(v) for k, v in entry.get("files", {}).items()}
+    try:
+        entry["files"] = {k: base64.b64decode(v, validate=True) for k, v in entry.get("files", {}).items()}
+        if not all(k in entry for k in ("metrics", "seconds", "cpu_s")):
+            raise ValueError("lacks metrics, seconds or cpu_s")
+    except (ValueError, TypeError, AttributeError) as exc:  # binascii.Error is a ValueError
+        raise ConfigError(CORRUPT_FILE.format(path=path, why=str(exc).splitlines()[0][:80], fix=fix)) from None
     return entry
 
 
 def _cache_write(cache: str, key: str | None, result: Mapping[str, Any]) -> None:
     if key is None:
         return
-    os.makedirs(cache, exist_ok=True)
     entry = {"metrics": result["metrics"], "seconds": result["seconds"], "cpu_s": result["cpu_s"],
              "files": {k: base64.b64encode(v).decode() for k, v in result["files"].items()}}
-    tmp = os.path.join(cache, f".{key}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(entry, fh, default=_jsonable)
-    os.replace(tmp, os.path.join(cache, f"{key}.json"))
+    atomic_write_json(os.path.join(cache, f"{key}.json"), entry, default=_jsonable)
 
 
 def evaluate_runs(runs: Sequence[Any], out: str, resources: Mapping[str, Any], remote_options: Any,
@@ -186,7 +192,7 @@ def _curves(run: Any) -> None:
         if id(t) in ids:
             incumbent = t
         if incumbent is not None:
-            curve.append({"cpu_s": round(t["cum_cpu_s"], 2), "wall_s": round(t["end_s"], 2),
+            curve.append({"cost_flops": t["cum_cost_flops"], "cpu_s": round(t["cum_cpu_s"], 2), "wall_s": round(t["end_s"], 2),
                           "metric_value": incumbent.get("test"), "metric_value_val": incumbent["val"]})
     run.row["curve"] = curve
     if run.spec.method == "dense":
@@ -195,15 +201,19 @@ def _curves(run: Any) -> None:
 
 
 def add_regret(rows: Sequence[dict[str, Any]]) -> None:
-    """``regret`` = test metric − the oracle's best test metric of the same task and seed, signed so that ≥ 0 is
-    worse (min: value − best; max: best − value). Rows without an oracle keep ``regret = None``."""
-    best: dict[tuple, float] = {}
+    """``regret`` = test metric − the test metric of the oracle's answer of the same task and seed, signed so that
+    ≥ 0 is worse (min: value − reference; max: reference − value); negative: the method beat the sweep.
+
+    The oracle (``dense``) is a method like the others (docs/algorithms.md, "Cost and regret in the benchmark"): its
+    answer is the sweep point best on *validation* (its last incumbent, ``runner._summarise``), and its row's
+    ``metric_value`` is that answer's test value, the reference here; its own regret is 0. The sweep's best
+    *test* value (a winner's-curse maximum over noisy values that no method could have chosen) is no reference; it
+    stays descriptive, in the oracle table and plot (◆). Rows without an oracle answer keep ``regret = None``."""
+    reference: dict[tuple, float] = {}
     for r in rows:
-        if r["method"] == "dense":
-            values = [p["metric_value"] for p in r.get("sweep") or [] if p["metric_value"] is not None]
-            if values:
-                best[(r["task"], r["seed"])] = min(values) if r["mode"] == "min" else max(values)
+        if r["method"] == "dense" and r.get("metric_value") is not None:
+            reference[(r["task"], r["seed"])] = r["metric_value"]
     for r in rows:
-        ref = best.get((r["task"], r["seed"]))
+        ref = reference.get((r["task"], r["seed"]))
         if ref is not None and r.get("metric_value") is not None:
             r["regret"] = (r["metric_value"] - ref) if r["mode"] == "min" else (ref - r["metric_value"])

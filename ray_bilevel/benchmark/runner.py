@@ -22,6 +22,7 @@ from typing import Any
 from ray_bilevel.benchmark.methods import ExperimentSpec, build_experiment, iterations_per_step, methods_for
 from ray_bilevel.benchmark.pool import run_ordered
 from ray_bilevel.benchmark.reporting import ROW_METRICS, _finite, add_regret, evaluate_runs
+from ray_bilevel.benchmark.store import atomic_write_json, read_json
 from ray_bilevel.benchmark.trainables import BenchBilevelTrainable, BenchFixedTrainable
 from ray_bilevel.config import ConfigError
 from ray_bilevel.space import Budget
@@ -82,17 +83,17 @@ def _log(msg: str) -> None:
 
 
 def _state(path: str) -> dict[str, Any]:
+    """The state file of a method's folder ({} when there is none); a truncated or corrupt one is a ConfigError."""
     try:
-        with open(os.path.join(path, _STATE_FILE)) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+        return read_json(os.path.join(path, _STATE_FILE), expect=dict,
+                         fix=f"delete the folder {path} to run this method again (--resume still reuses the "
+                             "finished methods and seeds).")
+    except FileNotFoundError:
         return {}
 
 
 def _write_state(path: str, state: Mapping[str, Any]) -> None:
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, _STATE_FILE), "w") as fh:
-        json.dump(dict(state), fh)
+    atomic_write_json(os.path.join(path, _STATE_FILE), dict(state))
 
 
 def _prepare_dir(path: str, resume: bool) -> dict[str, Any]:
@@ -265,7 +266,8 @@ def _summarise(spec: ExperimentSpec, grid: Any, wall: float, start: float, hyper
     """The row, trial records, validation incumbents and the best checkpoint of one ResultGrid.
 
     ``spec.metric`` is the tuning (validation) metric. Trials are ordered by the time they finished; a trial
-    whose validation value beats every earlier one is an *incumbent* (the method's answer from then on). The
+    that ran to its end (``done``; not one a scheduler stopped at a rung) and whose validation value beats every
+    earlier one is an *incumbent* (the method's answer from then on). Every trial's compute counts. The
     test values of the incumbents (the anytime curve) and of the answer come later, from the reporting
     evaluation."""
     sign = 1.0 if spec.mode == "min" else -1.0
@@ -277,28 +279,41 @@ def _summarise(spec: ExperimentSpec, grid: Any, wall: float, start: float, hyper
         value = _finite(last.get(spec.metric))
         config = {k: _py(v) for k, v in (result.config or {}).items() if k in names}
         hyper = {n: _py(last[n]) for n in names if n in last} or config
-        trials.append({"config": config, spec.metric: value, "cpu_s": _finite(last.get("cpu_s")),
+        flops, by_network, cpu = _trial_cost(result, last)
+        trials.append({"config": config, spec.metric: value, "cpu_s": cpu, "cost_flops": flops,
                        "time_total_s": _finite(last.get("time_total_s")), "iterations": last.get("training_iteration"),
                        "error": str(result.error) if result.error else None})
         end = _finite(last.get("reported_at")) or _finite(last.get("timestamp")) or 0.0
-        finished.append({"end_s": max(0.0, end - start), "cpu_s": _finite(last.get("cpu_s")) or 0.0, "val": value,
+        finished.append({"end_s": max(0.0, end - start), "cpu_s": cpu or 0.0, "val": value,
+                         "cost_flops": flops, "cost_flops_by_network": by_network, "lower_steps": last.get("lower_steps"),
+                         # a trial a scheduler stopped at a rung (asha) is not an answer: its lower level is unfinished
+                         "done": bool(last.get("complete", last.get("done", True))),
                          "checkpoint": result.checkpoint, "config": dict(result.config or {}), "hyper": hyper,
                          "name": os.path.basename(str(getattr(result, "path", "") or ""))})
     # finishing order; ties (whole-second timestamps of older runs) by the trial folder's name, which a restored
     # experiment keeps (its ResultGrid order is not), so a resumed run draws the same anytime curve
     finished.sort(key=lambda t: (t["end_s"], t["name"]))
-    cum, best, incumbents = 0.0, None, []
+    cum, cum_flops, best, incumbents = 0.0, 0.0, None, []
+    method_networks: dict[str, float] = {}
     for t in finished:
         cum += t["cpu_s"]
-        t["cum_cpu_s"] = cum
-        if t["val"] is not None and t["checkpoint"] is not None and (best is None or sign * t["val"] < sign * best):
+        cum_flops += t["cost_flops"]
+        t["cum_cpu_s"], t["cum_cost_flops"] = cum, cum_flops
+        for k, v in t["cost_flops_by_network"].items():
+            method_networks[k] = method_networks.get(k, 0.0) + v
+        if t["val"] is not None and t["checkpoint"] is not None and t["done"] and (best is None or sign * t["val"] < sign * best):
             best = t["val"]
             incumbents.append(t)
     errors = sum(1 for t in trials if t["error"])
     row: dict[str, Any] = {"task": spec.task, "method": spec.method, "metric": None, "mode": spec.mode,
                            "metric_value": None, "metric_value_val": best, **{m: None for m in ROW_METRICS},
                            **{f"{m}_val": None for m in ROW_METRICS}, "wall_time_s": round(wall, 2),
-                           "cpu_s": round(cum, 2), "trials": len(trials), "errors": errors,
+                           "cpu_s": round(cum, 2), "cost_flops": cum_flops, "cost_gflop": round(cum_flops / 1e9, 3),
+                           "cost_flops_by_network": dict(sorted(method_networks.items())), "trials": len(trials),
+                           "errors": errors,
+                           # lower-level steps over the method's fixed-hyperparameter trials (None for bilevel trials)
+                           "lower_steps": sum(int(t["lower_steps"]) for t in finished if t["lower_steps"] is not None)
+                           if any(t["lower_steps"] is not None for t in finished) else None,
                            "trial_time_s": round(sum(t["time_total_s"] or 0.0 for t in trials), 2),
                            "final_eval_s": None, "regret": None, "best_config": None, "curve": []}
     if not incumbents:
@@ -320,6 +335,31 @@ def _summarise(spec: ExperimentSpec, grid: Any, wall: float, start: float, hyper
     run.incumbents = incumbents
     run.finished = finished
     return run
+
+
+def _trial_cost(result: Any, last: Mapping[str, Any]) -> tuple[float, dict[str, float], float | None]:
+    """A trial's own counted compute (``cost_flops``, :mod:`ray_bilevel.cost`), its split by network, and its
+    measured CPU-seconds.
+
+    Each is the sum of the trial's reports' increments (``cost_flops_step``, ``cpu_s_step``): a PBT trial that
+    exploited another restores the donor's counters with its checkpoint, so its last ``cost_flops`` / ``cpu_s``
+    would count the donor's work twice; and a trial restored after a failure spends CPU-s rebuilding that its
+    checkpointed ``cpu_s`` does not hold. The split by network is the last report's, scaled to the sum where the two
+    differ (PBT only). Results of older versions (no increments) fall back to the last report's counters."""
+    total = _finite(last.get("cost_flops")) or 0.0
+    by_network = {str(k): float(v) for k, v in dict(last.get("cost_flops_by_network") or {}).items()}
+    own, cpu = total, _finite(last.get("cpu_s"))
+    try:
+        df = result.metrics_dataframe
+    except Exception:  # noqa: BLE001 - no progress file (e.g. a remote storage URI): the last report's counters
+        df = None
+    if df is not None and "cost_flops_step" in df.columns:
+        own = float(df["cost_flops_step"].fillna(0.0).sum())
+    if df is not None and "cpu_s_step" in df.columns:
+        cpu = float(df["cpu_s_step"].fillna(0.0).sum())
+    if total > 0 and abs(own - total) > 1e-6 * total:
+        by_network = {k: v * own / total for k, v in by_network.items()}
+    return own, by_network, cpu
 
 
 def _py(value: Any) -> Any:

@@ -20,9 +20,9 @@ TEST_METRICS = ("fid", "fid_domain", "is", "alignment", "reward")
 NUMERIC_KEYS = (
     "metric_value", "metric_value_val",
     *(k for m in TEST_METRICS for k in (m, f"{m}_val")),
-    "regret", "cpu_s", "wall_time_s", "final_eval_s",
+    "regret", "cost_gflop", "cpu_s", "wall_time_s", "final_eval_s",
 )
-_MIN_KEYS = ("fid", "fid_domain", "regret", "wall_time_s", "cpu_s", "final_eval_s")
+_MIN_KEYS = ("fid", "fid_domain", "regret", "cost_gflop", "wall_time_s", "cpu_s", "final_eval_s")
 _MAX_KEYS = ("is", "alignment", "reward")
 
 

@@ -136,7 +136,7 @@ class CLIPScore(nn.Module):
         self.tokenizer = tokenizer
         # transformers types CLIPConfig.vision_config as dict | CLIPVisionConfig | None (it is a config once built)
         self.size = int(model.config.vision_config.image_size)  # type: ignore[union-attr, arg-type]
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_cache: dict[str, tuple[torch.Tensor, dict[str, float]]] = {}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = DEFAULT_MODEL, allow_download: bool = False) -> CLIPScore:
@@ -156,17 +156,26 @@ class CLIPScore(nn.Module):
             ) from exc
         return cls(model, tokenizer)
 
+    def _image_features(self, pixel_values: torch.Tensor) -> Any:
+        return self.model.get_image_features(pixel_values=pixel_values)
+
     def text_features(self, prompt: str) -> torch.Tensor:
-        """Normalised text embedding of ``prompt`` (cached), shape (D,)."""
-        if prompt not in self._text_cache:
+        """Normalised text embedding of ``prompt`` (cached; its cost is booked once per trial), shape (D,)."""
+        from ray_bilevel.cost import cached, count_call
+
+        def encode() -> torch.Tensor:
             tokens = self.tokenizer([prompt], padding=True, truncation=True, return_tensors="pt")
             with torch.no_grad():
-                feats = _features(self.model.get_text_features(input_ids=tokens["input_ids"],
-                                                               attention_mask=tokens.get("attention_mask")))
-            self._text_cache[prompt] = F.normalize(feats[0].float(), dim=-1)
-        return self._text_cache[prompt]
+                feats = _features(count_call("clip", self.model, self.model.get_text_features,
+                                             input_ids=tokens["input_ids"], attention_mask=tokens.get("attention_mask")))
+            return F.normalize(feats[0].float(), dim=-1)
+
+        return cached(self._text_cache, prompt, f"clip_text:{self.model.config.name_or_path}:{prompt}", encode)
 
     def forward(self, x: torch.Tensor, prompt: str) -> torch.Tensor:
-        img = _features(self.model.get_image_features(pixel_values=clip_preprocess(x, self.size)))
-        cos = F.normalize(img, dim=-1) @ self.text_features(prompt).to(img)
+        from ray_bilevel.cost import count_call
+
+        text = self.text_features(prompt)  # first: its (cached) cost is not part of the per-image count
+        img = _features(count_call("clip", self.model, self._image_features, clip_preprocess(x, self.size)))
+        cos = F.normalize(img, dim=-1) @ text.to(img)
         return 100.0 * cos.clamp(min=0)

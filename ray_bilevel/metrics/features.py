@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ray_bilevel.config import ConfigError
+from ray_bilevel.cost import count_call
 
 if TYPE_CHECKING:
     from ray_bilevel.assets.digit_classifier import DigitClassifier
@@ -113,8 +114,12 @@ class InceptionExtractor:
         """SHA-256 of the network's weights (:func:`weights_fingerprint`)."""
         return weights_fingerprint(self)
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """pool3 features of (N, C, H, W) images in [-1, 1]; counted towards cost_flops as ``inception``."""
+        return count_call("inception", self.model, self._features, images)
+
+    @torch.no_grad()
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
         images = _check_images(images, "inception_extractor")
         device = next(self.model.parameters()).device
         model, chunk = self.model, self.batch_size
@@ -221,8 +226,12 @@ class DigitExtractor:
         """SHA-256 of the classifier's weights (:func:`weights_fingerprint`)."""
         return weights_fingerprint(self)
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of (N, C, H, W) images in [-1, 1]; counted towards cost_flops as ``digit_classifier``."""
+        return count_call("digit_classifier", self.model, self._features, images)
+
+    @torch.no_grad()
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
         images = _check_images(images, "digit_extractor")
         device = next(self.model.parameters()).device
         from ray_bilevel.assets.digit_classifier import DigitClassifier

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ray_bilevel.config import ConfigError
+from ray_bilevel.cost import active_meter, capture, charge_once
 from ray_bilevel.metrics.features import weights_fingerprint
 from ray_bilevel.paths import ASSETS_DIR, cache_dir
 
@@ -315,14 +316,19 @@ class FIDEvaluator:
         label = "" if cache_key is None else f"-{_safe(str(cache_key))[:64]}"
         self.cache_path = cache_dir() / "fid_stats" / f"{_safe(extractor.name)}{label}-{digest}.npz"
         self._key_json = key_json
-        shipped = load_shipped_features({k: v for k, v in self.key_parts.items() if k != "shrinkage"})
-        loaded = None if shipped is not None else self._load()
-        self.source = "shipped" if shipped is not None else "cache" if loaded is not None else "computed"
-        self.from_cache = loaded is not None
-        if shipped is not None:
-            self.real = feature_stats(shipped, shrinkage)
-        else:
-            self.real = loaded or self._compute_and_store(real_images)
+        with capture():  # the reference's cost is booked below at what computing it costs, wherever it came from
+            shipped = load_shipped_features({k: v for k, v in self.key_parts.items() if k != "shrinkage"})
+            loaded = None if shipped is not None else self._load()
+            self.source = "shipped" if shipped is not None else "cache" if loaded is not None else "computed"
+            self.from_cache = loaded is not None
+            if shipped is not None:
+                self.real = feature_stats(shipped, shrinkage)
+            else:
+                self.real = loaded or self._compute_and_store(real_images)
+        if active_meter() is not None:  # cost_flops: N real images through the extractor, once per trial
+            with capture() as one:
+                extractor(real_images[:1])
+            charge_once(f"fid_reference:{digest}", {k: v * len(real_images) for k, v in one.by_network.items()})
         self._real_root = _psd_sqrt(self.real.sigma)  # Σ_r^{1/2}, once: each call then needs one eigvalsh
         self._real_root_sq: torch.Tensor | None = None  # Σ_r^{1/2} Σ_r^{1/2}, once, for shrunk fakes with N < d
 

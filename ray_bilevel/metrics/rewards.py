@@ -162,6 +162,9 @@ class ResNetReward(nn.Module):
         self.weights_file = str(found) if found is not None else ""
         self.net = net.eval().requires_grad_(False)
         self.size = int(size)
+        from ray_bilevel.cost import watch
+
+        watch(self, "reward_resnet18")  # counted towards cost_flops (ray_bilevel.cost)
 
     def train(self, mode: bool = True) -> ResNetReward:  # frozen scorer: BatchNorm stays in eval mode
         return super().train(False)

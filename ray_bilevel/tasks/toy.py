@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ray_bilevel.config import ConfigError, resolve
+from ray_bilevel.cost import book
 from ray_bilevel.estimators.penalty import penalty_hypergradient
 from ray_bilevel.space import Param, SearchSpace
 from ray_bilevel.tasks.base import Task
@@ -139,12 +140,20 @@ class ToyTask(Task):
         # gradient descent on g(x, ·) with step 1/L, L = λ_max(H) = 2
         self.y = self.y - 0.5 * (self.H @ self.y - self.B @ self.x)
         self.lower_steps += 1
+        book("toy", self._step_flops)
 
     def _z_step(self) -> None:
         # gradient descent on f + γ g in z; L = 1 + 2γ
         gamma = self.cfg.gamma
         grad = (self.z - self.c) + gamma * (self.H @ self.z - self.B @ self.x)
         self.z = self.z - grad / (1.0 + 2.0 * gamma)
+        book("toy", self._step_flops)
+
+    @property
+    def _step_flops(self) -> float:
+        """Counted compute of one y or z step (cost_flops): the products H·v (d×d) and B·x (d×2), 2 FLOPs a term."""
+        d = self.cfg.dim_y
+        return 2.0 * d * d + 4.0 * d
 
     def lower_step(self) -> dict[str, float]:
         self._y_step()

@@ -17,16 +17,21 @@ through the Task protocol. Config keys read here (everything else goes to the ta
                              the fixed trial takes as many Tune iterations as the bilevel one)
 ``eval_every``               evaluate every N Tune iterations (default 1; the last one always)
 ``final_every``              also run the final evaluation every N iterations (default 0)
+``retrain``                  BilevelTrainable: after the outer budget, train the lower level afresh at the learned
+                             hyperparameters (learn, then retrain; default False), see :class:`BilevelTrainable`
 ``test_at_end``              add the task's reporting metrics (``Task.evaluate_test``: the test split) to the
                              last report (default False: a searcher selecting on them would tune on the test
                              split; select on ``Task.tuning_metric()``, the validation twin)
 ===========================  ==========================================================================
 
-Every report carries ``cpu_s``: the process CPU-seconds this trial has spent so far (building its task, then its
-steps: work and evaluation; kept across checkpoints), the compute figure the benchmark books for every method alike.
+Every report carries ``cost_flops``: the counted FLOPs of every network this trial has run so far (building its task,
+then its steps: work and evaluation; kept across checkpoints; :mod:`ray_bilevel.cost`), the cost the benchmark books
+for every method alike, deterministic at any concurrency and on any machine; ``cost_flops_by_network`` splits it by
+network and ``cost_flops_step`` is this report's share. ``cpu_s`` beside it: the process CPU-seconds, as measured.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -39,13 +44,15 @@ import torch
 from ray import tune
 
 from ray_bilevel.config import ConfigError
+from ray_bilevel.cost import FlopMeter, metering
 from ray_bilevel.tasks import Task, get_task
 
 __all__ = ["BilevelTrainable", "FixedHyperTrainable", "TRAINABLE_KEYS", "CHECKPOINT_FILE"]
 
 TRAINABLE_KEYS = frozenset({"iterations_per_step", "lower_steps_per_iteration", "eval_every", "final_every",
-                            "test_at_end"})
+                            "test_at_end", "retrain"})
 CHECKPOINT_FILE = "ray_bilevel_state.pt"
+_LEARNED_FILE = "ray_bilevel_learned.json"  # BilevelTrainable(retrain=True): the hyperparameters it retrains at
 _FORMAT = "ray_bilevel.trainable/1"
 
 
@@ -71,13 +78,16 @@ class _TaskTrainable(tune.Trainable):
         cpu0 = time.process_time()
         task_cls = get_task(config["task"])
         self.task_config = {k: v for k, v in config.items() if k not in TRAINABLE_KEYS}
-        self.task: Task = task_cls(self.task_config)
+        self.meter = FlopMeter()  # counted compute of this trial (ray_bilevel.cost): building, steps, evaluations
+        with metering(self.meter):
+            self.task: Task = task_cls(self.task_config)
         self.iterations_per_step = _positive_int(config, "iterations_per_step", 1)
         self.eval_every = _positive_int(config, "eval_every", 1)
         self.final_every = _positive_int(config, "final_every", 0, minimum=0)
         self.test_at_end = bool(config.get("test_at_end", False))
         self.work_done = 0
         self.cpu_s = time.process_time() - cpu0  # building the task (data, models) is part of the trial's cost
+        self._cpu_unreported = self.cpu_s  # CPU-s spent since the last report (this build), for cpu_s_step
         self.trajectory: list[dict[str, float]] = []
         self._last_eval: dict[str, float] = {}
 
@@ -88,27 +98,32 @@ class _TaskTrainable(tune.Trainable):
     def _work(self) -> dict[str, float]:
         raise NotImplementedError
 
-    def _run_units(self, unit: Callable[[], dict[str, float]], count: int) -> dict[str, float]:
-        """Run up to ``count`` units of work without passing the budget; the last unit's metrics."""
+    def _run_units(self, unit: Callable[[], dict[str, float]], count: int, limit: int | None = None) -> dict[str, float]:
+        """Run up to ``count`` units of work without passing ``limit`` (default: the budget); the last unit's metrics."""
         metrics: dict[str, float] = {}
+        limit = self._budget() if limit is None else limit
         for _ in range(count):
-            if self.work_done >= self._budget():
+            if self.work_done >= limit:
                 break
             metrics = unit()
             self.work_done += 1
         return metrics
 
     def step(self) -> dict[str, Any]:
-        cpu0 = time.process_time()
-        metrics = self._work()
-        done = self.work_done >= self._budget()
-        n = self.iteration + 1  # Tune's counter is incremented after step() returns
-        final = done or (self.final_every > 0 and n % self.final_every == 0)
-        if final or n % self.eval_every == 0:
-            self._last_eval = self.task.evaluate(final=final)
-        self.cpu_s += time.process_time() - cpu0
-        if done and self.test_at_end:
-            self._last_eval = {**self._last_eval, **self.task.evaluate_test()}
+        cpu0, flops0 = time.process_time(), self.meter.total
+        with metering(self.meter):
+            metrics = self._work()
+            done = self.work_done >= self._budget()
+            n = self.iteration + 1  # Tune's counter is incremented after step() returns
+            final = done or (self.final_every > 0 and n % self.final_every == 0)
+            if final or n % self.eval_every == 0:
+                self._last_eval = self.task.evaluate(final=final)
+        spent = time.process_time() - cpu0
+        self.cpu_s += spent
+        cpu_step, self._cpu_unreported = spent + self._cpu_unreported, 0.0
+        if done and self.test_at_end:  # reporting, not cost: counted by no meter
+            with metering(None):
+                self._last_eval = {**self._last_eval, **self.task.evaluate_test()}
         hyper = self.task.hyperparameters()
         for key, value in hyper.items():
             if not math.isfinite(value):
@@ -128,8 +143,15 @@ class _TaskTrainable(tune.Trainable):
         self.trajectory.append({f"{self._kind}_steps": float(self.work_done), **hyper})
         report[f"{self._kind}_steps"] = self.work_done
         report["cpu_s"] = self.cpu_s
+        # this report's CPU-s, the rebuild of a restored or PBT-exploiting actor included: summed over a trial's
+        # reports it is what the trial spent, where cpu_s after a restore is the checkpoint's (the donor's, for PBT)
+        report["cpu_s_step"] = cpu_step
+        report["cost_flops"] = self.meter.total
+        report["cost_flops_step"] = self.meter.total - flops0  # this report's work (PBT: the donor's is not in it)
+        report["cost_flops_by_network"] = dict(self.meter.by_network)
         report["final"] = bool(final)
         report["done"] = done
+        report["complete"] = done  # the budget is spent (Tune sets `done` on a trial a scheduler stops, too)
         return report
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -141,6 +163,7 @@ class _TaskTrainable(tune.Trainable):
             "task_state": self.task.state_dict(),
             "work_done": self.work_done,
             "cpu_s": self.cpu_s,
+            "cost": self.meter.state_dict(),
             "trajectory": list(self.trajectory),
             "last_eval": dict(self._last_eval),
         }
@@ -166,7 +189,8 @@ class _TaskTrainable(tune.Trainable):
             raise ConfigError(f"checkpoint {path} is for task {state['task']!r}, but this trial runs {expected!r}.")
         self.task.load_state_dict(state["task_state"])
         self.work_done = int(state["work_done"])
-        self.cpu_s = float(state.get("cpu_s", 0.0))
+        self.cpu_s = float(state.get("cpu_s", 0.0))  # the counter continues; this actor's build stays unreported
+        self.meter.load_state_dict(state.get("cost", {}))
         self.trajectory = list(state["trajectory"])
         self._last_eval = dict(state["last_eval"])
 
@@ -192,15 +216,63 @@ class BilevelTrainable(_TaskTrainable):
     Each report carries the task's metrics, the current hyperparameters by name,
     ``outer_steps``, ``final`` (whether the expensive evaluation ran) and ``done`` (the outer
     budget is spent). The hyperparameter trajectory is kept in every checkpoint.
+
+    **Learn, then retrain** (``config["retrain"] = True``): once the outer budget is spent, the trial builds the task
+    afresh at the learned hyperparameters (a new lower-level solution from the same seed: e.g. a new network trained
+    under the learned noise schedule, not the one trained while the schedule moved) and runs one complete lower-level
+    run (``Task.lower_budget`` steps, ``lower_steps_per_iteration`` per Tune iteration), so its answer and its last
+    checkpoint are those of the retrained lower level; both phases are the trial's cost. Reports then carry
+    ``retrain_steps`` and ``phase`` (0 learning, 1 retraining); ``outer_steps`` counts the work of both phases.
     """
 
     _kind = "outer"
 
+    def _build(self, config: Mapping[str, Any]) -> None:
+        super()._build(config)
+        self.retrain = bool(config.get("retrain", False))
+        self.learned: dict[str, float] | None = None  # the hyperparameters the retrain phase trains at
+        self._outer = self.task.outer_budget
+        self._lower = self.task.lower_budget
+        outer_iters = max(1, math.ceil(self._outer / self.iterations_per_step))
+        self.lower_steps_per_iteration = _positive_int(config, "lower_steps_per_iteration",
+                                                       max(1, math.ceil(self._lower / outer_iters)))
+
     def _budget(self) -> int:
-        return self.task.outer_budget
+        return self._outer + (self._lower if self.retrain else 0)
+
+    def _start_retrain(self, learned: Mapping[str, float]) -> None:
+        """The retrain phase's task: built afresh from the trial's config at the learned hyperparameters."""
+        self.learned = {k: float(v) for k, v in learned.items()}
+        self.task = get_task(self.task_config["task"])({**self.task_config, **self.learned})
 
     def _work(self) -> dict[str, float]:
-        return self._run_units(self.task.hyper_step, self.iterations_per_step)
+        if self.work_done < self._outer:
+            return self._run_units(self.task.hyper_step, self.iterations_per_step, limit=self._outer)
+        if self.learned is None:
+            self._start_retrain(self.task.hyperparameters())
+        metrics = self._run_units(self.task.lower_step, self.lower_steps_per_iteration)
+        return {**metrics, "retrain_steps": float(self.work_done - self._outer)}
+
+    def step(self) -> dict[str, Any]:
+        report = super().step()
+        if self.retrain:
+            report["phase"] = 0 if self.learned is None else 1
+        return report
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        super().save_checkpoint(checkpoint_dir)
+        if self.learned is not None:  # the retrain phase's task is rebuilt from these on restore
+            with open(os.path.join(checkpoint_dir, _LEARNED_FILE), "w") as fh:
+                json.dump(self.learned, fh)
+
+    def load_checkpoint(self, checkpoint: str | dict | None) -> None:
+        path = os.path.join(str(checkpoint), _LEARNED_FILE)
+        if os.path.exists(path):
+            with open(path) as fh:
+                learned = json.load(fh)
+            with metering(None):  # the counter comes from the checkpoint
+                self._start_retrain(learned)
+        super().load_checkpoint(checkpoint)
 
 
 class FixedHyperTrainable(_TaskTrainable):

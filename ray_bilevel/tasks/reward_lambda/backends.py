@@ -16,6 +16,7 @@ Images are in [-1, 1]. This module never imports ray.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,8 @@ class _Backend:
     r1: Callable[[torch.Tensor], torch.Tensor]
     r2: Callable[[torch.Tensor], torch.Tensor]
     alignment: Callable[[torch.Tensor], torch.Tensor]
+    cost_key: str = ""  # the settings that built it (cost_flops' keys of cached work), set by make_backend
+    build_flops: dict[str, float] = {}  # what building it computed (e.g. prompt encodings), booked once per trial
 
     def _set_upper(self, cfg: Any, alignment: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """r1 from the prompt alignment and ``cfg.upper`` (docs/reward_lambda.md)."""
@@ -98,12 +101,16 @@ class _Backend:
         return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)]).double().cpu()
 
     def reference(self, n: int, seed: int, batch: int) -> dict[str, torch.Tensor]:
-        """``n`` pre-trained samples from noise ``seed`` and their rewards; computed once per backend."""
-        cache = self.__dict__.setdefault("_references", {})
-        if (n, seed) not in cache:
+        """``n`` pre-trained samples from noise ``seed`` and their rewards; computed once per backend, its cost
+        booked once per trial (:func:`ray_bilevel.cost.cached`)."""
+        from ray_bilevel.cost import cached
+
+        def compute() -> dict[str, torch.Tensor]:
             x = self.sample(self.noise(n, seed), batch)
-            cache[(n, seed)] = {"images": x.cpu(), "r1": self.score(self.r1, x), "r2": self.score(self.r2, x)}
-        return cache[(n, seed)]
+            return {"images": x.cpu(), "r1": self.score(self.r1, x), "r2": self.score(self.r2, x)}
+
+        return cached(self.__dict__.setdefault("_references", {}), (n, seed),
+                      f"reference:{self.cost_key}:{n}:{seed}:{batch}", compute)
 
 
 class DigitsBackend(_Backend):
@@ -195,15 +202,22 @@ _CACHE: dict[tuple, _Backend] = {}
 
 def make_backend(cfg: Any) -> _Backend:
     """The backend for ``cfg``; frozen models are loaded once per process and shared (e.g. by reused Tune actors)."""
+    from ray_bilevel.cost import capture, charge_once
+
     key = tuple(getattr(cfg, k) for k in BACKEND_KEYS)
     if key not in _CACHE:
-        if cfg.model == "digits":
-            backend: _Backend = DigitsBackend(cfg)
-        elif cfg.model == "sd":
-            backend = SDBackend(cfg)
-        else:
-            raise ConfigError(f"unknown model {cfg.model!r}; choose 'digits' (offline, shipped) or 'sd' (Stable Diffusion).")
+        with capture() as built:
+            if cfg.model == "digits":
+                backend: _Backend = DigitsBackend(cfg)
+            elif cfg.model == "sd":
+                backend = SDBackend(cfg)
+            else:
+                raise ConfigError(f"unknown model {cfg.model!r}; choose 'digits' (offline, shipped) or 'sd' (Stable Diffusion).")
+        backend.cost_key = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+        backend.build_flops = dict(built.by_network)
         if len(_CACHE) >= 4:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = backend
-    return _CACHE[key]
+    backend = _CACHE[key]
+    charge_once(f"backend:{backend.cost_key}", backend.build_flops)  # a shared backend costs each trial its build
+    return backend
