@@ -18,9 +18,17 @@ from ray.tune.search import Searcher
 from ray.tune.search.variant_generator import parse_spec_vars
 
 from ray_bilevel.config import ConfigError
-from ray_bilevel.tune._searcher_util import PickledStateMixin, finite_objective
+from ray_bilevel.tune._searcher_util import (
+    UNDEFINED_METRIC_MODE,
+    PickledStateMixin,
+    finite_objective,
+    flat_space,
+    nested,
+    take_search_properties,
+)
 
 __all__ = ["GreedyGridSearcher"]
+
 
 
 def _key(config: Mapping[str, Any]) -> tuple:
@@ -32,9 +40,13 @@ class GreedyGridSearcher(PickledStateMixin, Searcher):
 
     Args:
         grids: ``{name: [values]}``; the dict's order is the search order unless ``order`` is given.
-        defaults: value of each coordinate before it is searched (defaults to its grid's first value).
+            Grids may nest (``{"opt": {"lr": [...]}}``): each coordinate is then named by its path
+            (``"opt/lr"``, in ``order``) and every config is handed back nested, as Tune's searchers do.
+        defaults: value of each coordinate before it is searched (defaults to its grid's first value),
+            nested as ``grids``.
         order: coordinate order (the paper: ``["tau", "start", "end", "eps"]``).
-        metric, mode: the reported metric and ``"min"``/``"max"`` (may come from ``TuneConfig``).
+        metric, mode: the reported metric and ``"min"``/``"max"`` (may come from ``TuneConfig``, taken
+            as Tune's HyperOptSearch takes them when it owns its space: see ``take_search_properties``).
         max_trials: stop suggesting after this many trials (``None`` = the full pass).
 
     A trial that fails, or reports a missing / NaN / inf metric, is skipped with a warning (it
@@ -44,8 +56,8 @@ class GreedyGridSearcher(PickledStateMixin, Searcher):
 
     def __init__(
         self,
-        grids: Mapping[str, Sequence[float]],
-        defaults: Mapping[str, float] | None = None,
+        grids: Mapping[str, Any],
+        defaults: Mapping[str, Any] | None = None,
         order: Sequence[str] | None = None,
         metric: str | None = None,
         mode: str | None = None,
@@ -53,13 +65,13 @@ class GreedyGridSearcher(PickledStateMixin, Searcher):
     ) -> None:
         if mode is not None and mode not in ("min", "max"):
             raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}.")
+        grids, defaults = flat_space(grids), flat_space(defaults or {})
         order = list(order) if order is not None else list(grids)
         if sorted(order) != sorted(grids):
             raise ConfigError(f"order {order} must name each grid coordinate {sorted(grids)} exactly once.")
         empty = [n for n in order if not list(grids[n])]
         if empty:
             raise ConfigError(f"greedy grids must be non-empty; {empty} are empty.")
-        defaults = dict(defaults or {})
         unknown = set(defaults) - set(grids)
         if unknown:
             raise ConfigError(f"defaults for {sorted(unknown)} have no grid; grids are {sorted(grids)}.")
@@ -103,7 +115,7 @@ class GreedyGridSearcher(PickledStateMixin, Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, float] | str | None:  # type: ignore[override]  # Ray says Optional[Dict], but its Searcher.FINISHED is a str
         if not self._metric or not self._mode:
-            raise RuntimeError(f"{type(self).__name__} needs `metric` and `mode`: pass them here or to tune.TuneConfig.")
+            raise RuntimeError(UNDEFINED_METRIC_MODE.format(cls=type(self).__name__))
         while True:
             if self._finished:
                 return Searcher.FINISHED
@@ -118,7 +130,7 @@ class GreedyGridSearcher(PickledStateMixin, Searcher):
                 self._seen[_key(config)] = None  # in flight
                 self._live[trial_id] = config
                 self._n_suggested += 1
-                return dict(config)
+                return nested(config)
             if self._live:
                 return None  # wait for this stage's trials to finish
             if budget_spent:
@@ -136,15 +148,12 @@ class GreedyGridSearcher(PickledStateMixin, Searcher):
             return
         self._seen[_key(config)] = y
         self._stage_results.append((config, y))
-        self.history.append((config, y if self._mode == "min" else -y))
+        self.history.append((nested(config), y if self._mode == "min" else -y))
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         _, domains, grids = parse_spec_vars(config)
-        if domains or grids:
-            return False  # the greedy searcher owns its space
-        self._metric = self._metric or metric
-        self._mode = self._mode or mode
-        return True
+        take_search_properties(self, metric, mode, owns_space=True)
+        return not (domains or grids)  # False: the greedy searcher owns its space, Tune reports the clash
 
     # -- results and state -------------------------------------------------------------------
     @property
@@ -156,4 +165,4 @@ class GreedyGridSearcher(PickledStateMixin, Searcher):
         if not candidates:
             return None
         config, y = min(candidates, key=lambda c: c[1])
-        return dict(config), (y if self._mode == "min" else -y)
+        return nested(config), (y if self._mode == "min" else -y)

@@ -16,6 +16,13 @@ from ray_bilevel.space import Param, SearchSpace, greedy_grids, grid_values
 __all__ = ["Param", "SearchSpace", "tune_domains", "skopt_dimensions", "space_of", "as_space", "greedy_grids",
            "grid_values"]
 
+QUANTIZED_IN_SPACE = (
+    "space[{name!r}] = {dom} is quantized (q={q}), which a SearchSpace (and so make_searcher's methods) cannot "
+    "express; use tune.uniform / tune.loguniform, or pass the quantized domain to SkoptSearcher directly.")
+NESTED_IN_SPACE = (
+    "space[{name!r}] is a nested dict, which a SearchSpace (and so make_searcher's methods) cannot express; use flat "
+    "names, or pass the nested space to SkoptSearcher directly.")
+
 
 def tune_domains(space: SearchSpace) -> dict[str, Any]:
     """``{name: tune.uniform | tune.loguniform}``: Tune's random-search space."""
@@ -52,6 +59,8 @@ def as_space(space: SearchSpace | Mapping[str, Any], n_calls: int = 15, acq_func
         raise ConfigError(f"space must be a SearchSpace or a non-empty dict of Tune domains, got {space!r}.")
     from ray.tune.search.sample import Float, LogUniform
 
+    from ray_bilevel.tune._searcher_util import describe_domain, quantum
+
     params = []
     for name, dom in space.items():
         if isinstance(dom, Mapping) and "grid_search" in dom:
@@ -59,10 +68,15 @@ def as_space(space: SearchSpace | Mapping[str, Any], n_calls: int = 15, acq_func
             lo, hi = min(vals), max(vals)
             log = lo > 0 and hi / lo >= 100
             params.append(Param(name, lo, hi if hi > lo else lo + 1.0, log=log, grid=tuple(vals)))
+        elif quantum(dom) is not None:
+            raise ConfigError(QUANTIZED_IN_SPACE.format(name=name, dom=describe_domain(dom), q=quantum(dom)))
+        elif isinstance(dom, Mapping):
+            raise ConfigError(NESTED_IN_SPACE.format(name=name))
         elif isinstance(dom, Float) and math.isfinite(dom.lower) and math.isfinite(dom.upper):
             params.append(Param(name, float(dom.lower), float(dom.upper), log=isinstance(dom.get_sampler(), LogUniform)))
         else:
             raise ConfigError(
-                f"space[{name!r}] = {dom!r} is not supported; use tune.uniform, tune.loguniform or tune.grid_search."
+                f"space[{name!r}] = {describe_domain(dom)} is not supported; use tune.uniform, tune.loguniform or "
+                "tune.grid_search."
             )
     return SearchSpace(params=tuple(params), n_calls=n_calls, acq_func=acq_func)
