@@ -26,6 +26,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from ray_bilevel.benchmark.report import markdown_report  # noqa: E402
+from ray_bilevel.benchmark.store import read_json  # noqa: E402
+from ray_bilevel.config import ConfigError  # noqa: E402
 
 
 def _command(argv: Any) -> str | None:
@@ -93,11 +95,11 @@ def _efficiency(info: dict[str, Any]) -> str | None:
 def section(results_dir: str, title: str | None = None, command: str | None = None, link_base: str | None = None,
             plots: bool = True) -> str:
     """The markdown section of ``results_dir`` (see the module docstring)."""
-    with open(os.path.join(results_dir, "results.json")) as fh:
-        rows = json.load(fh)
+    fix = (f"rerun the benchmarks/compare.py command that wrote {results_dir}, with --resume, to rewrite it (finished "
+           "methods are reused).")
+    rows = read_json(os.path.join(results_dir, "results.json"), fix, expect=list)
     try:
-        with open(os.path.join(results_dir, "run_info.json")) as fh:
-            info = json.load(fh)
+        info = read_json(os.path.join(results_dir, "run_info.json"), fix, expect=dict)
     except FileNotFoundError:
         info = {}
     tasks = list(dict.fromkeys(r["task"] for r in rows))
@@ -151,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks_md.py: error: no results.json in {a.results_dir}", file=sys.stderr)
         return 2
     base = os.path.dirname(os.path.abspath(a.out)) if a.out else None
-    text = section(a.results_dir, a.title, a.command, base, plots=not a.no_plots)
+    try:
+        text = section(a.results_dir, a.title, a.command, base, plots=not a.no_plots)
+    except ConfigError as exc:
+        print(f"benchmarks_md.py: error: {exc}", file=sys.stderr)
+        return 2
     if a.out:
         with open(a.out, "w") as fh:
             fh.write(text)

@@ -1,26 +1,33 @@
 """The offline λ problem (docs/reward_lambda.md): the F(λ) sweep with intervals, and the "one λ" calibration.
 
-Two tables, from one run of the default ``reward_lambda`` task (offline digits model; ``upper="stroke_target"``):
+Two tables, from one run of the default ``reward_lambda`` task (offline digits model; ``upper="stroke_target"``) on
+one split and one or more seeds (the per-sample scores of all seeds pooled):
 
-1. **F(λ) sweep.** At the task's 13 dense λ (log-spaced over [0.01, 100]) a guided generation on the TEST noise
-   (``RewardLambdaTask.test_scores``: the images behind ``evaluate_test``'s un-suffixed ``alignment`` and ``reward``),
-   mean ± 95 % interval (1.96 per-sample standard errors) of r1 (``alignment``, the upper objective) and r2 (ink,
-   ``reward``), the class alignment alone, and a verdict: is the best λ interior, and are both neighbours and both
+1. **F(λ) sweep.** At the task's 13 dense λ (log-spaced over [0.01, 100]; ``--lams`` for a subset) a guided
+   generation on the split's noise (``--split test``, the default without ``--calibrate``:
+   ``RewardLambdaTask.test_scores``, the images behind ``evaluate_test``'s un-suffixed ``alignment`` and ``reward``;
+   ``--split val``: the validation generation of ``lower_step``, behind ``alignment_val``), mean ± 95 % interval
+   (1.96 per-sample standard errors) of r1 (``alignment``, the upper objective) and r2 (ink, ``reward``), the class
+   alignment alone, and a verdict: is the best λ interior, and are both neighbours and both
    ends worse beyond the intervals (unpaired: the intervals do not overlap; paired: the 95 % interval of the
    per-sample difference, every λ using the same noise, excludes 0)?
 2. **Calibration.** Importance-weighted predictions ``E_{p*_λ}[r1]``, ``E_{p*_λ}[r2]`` (weights softmax(r2/λ) over a
    large pool of pre-trained samples, with their effective sample size) against the guided means of table 1, and
    the β0 of β = β0/λ that matches the guided mean of r2 to the prediction where the prediction is reliable
    (``ess >= --min-ess``; ray_bilevel/tasks/reward_lambda/calibration.py). ``--calibrate`` writes it next to the
-   model (``guidance_calibration.json``), where tasks with ``beta0=None`` (the default) read it.
+   model (``guidance_calibration.json``), where tasks with ``beta0=None`` (the default) read it. β0 is a hand-chosen
+   constant of every λ method, so ``--calibrate`` runs on the validation noise and development seeds only (default
+   ``--split val --seeds 100-104``; it refuses the test split and seeds < 100, ray_bilevel/protocol.py) and the
+   entry records the split, the seeds, the command and the commit.
 
 Writes a JSON file and prints both markdown tables (last)::
 
-    python benchmarks/lambda_problem.py --preset quick --out results/lambda_problem.json
-    python benchmarks/lambda_problem.py --preset quick --beta0 0.01 --calibrate   # refit β0 from a probe β0
+    python benchmarks/lambda_problem.py --preset quick --out results/lambda_problem.json   # seed 0, test noise
+    python benchmarks/lambda_problem.py --preset quick --beta0 0.01 --repeats 1 --lams 0.4642-100 --calibrate
 
 Progress (the pool and every λ) is kept in ``<out>.partial.pt``; a run that is stopped (or ends with
-``--budget-s``) resumes from it. On a free 2-core CPU the quick run takes about 10 minutes.
+``--budget-s``) resumes from it. On a free 2-core CPU the quick run takes about 10 minutes; the quick calibration
+above (8 λ × 5 seeds × 32 images, a pool of 2,048) took 37 minutes on 2 cores shared with other jobs.
 """
 from __future__ import annotations
 
@@ -53,37 +60,91 @@ def _task(config: dict[str, Any]) -> Any:
     return RewardLambdaTask({"task": "reward_lambda", **config})
 
 
-def run(config: dict[str, Any], pool_size: int, min_ess: float, partial: Path,
-        budget_s: float | None = None) -> dict[str, Any]:
+def _split_scores(task: Any, split: str) -> dict[str, Any]:
+    """Per-sample r1, r2 and class alignment of the complete guided generation at the task's λ on ``split``'s noise:
+    ``"test"``: ``test_scores`` (reporting); ``"val"``: the validation generation ``lower_step`` makes (tuning)."""
+    if split == "test":
+        return dict(task.test_scores())
+    while not task._generation_complete():
+        task.lower_step()
+    x, be = task._guided_images(), task.backend
+    return {"r1": be.score(be.r1, x), "r2": be.score(be.r2, x), "prompt_alignment": be.score(be.alignment, x)}
+
+
+def _cat(parts: list[dict[str, Any]]) -> dict[str, Any]:
     import torch
 
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _select_lams(text: str | None) -> list[float]:
+    """The task's dense λ, all (None) or those in ``"LOW-HIGH"`` (inclusive, 0.1 % slack) or a comma list."""
+    from ray_bilevel.config import ConfigError
     from ray_bilevel.tasks.reward_lambda import RewardLambdaTask
+
+    lams = [float(p["lam"]) for p in RewardLambdaTask.oracle_points()]
+    if not text:
+        return lams
+    try:
+        if "-" in text.strip("-"):
+            lo, hi = (float(v) for v in text.split("-", 1))
+            chosen = [lam for lam in lams if lo * 0.999 <= lam <= hi * 1.001]
+        else:
+            want = [float(v) for v in text.split(",")]
+            chosen = [lam for lam in lams if any(math.isclose(lam, w, rel_tol=1e-3) for w in want)]
+    except ValueError:
+        raise ConfigError(f"--lams must look like '0.4642-100' or '1,2.154,10', got {text!r}.") from None
+    if len(chosen) < 2:
+        raise ConfigError(f"--lams {text!r} selects {chosen} of the dense λ {[round(v, 4) for v in lams]}; "
+                          "choose two or more.")
+    return chosen
+
+
+def run(config: dict[str, Any], pool_size: int, min_ess: float, partial: Path,
+        budget_s: float | None = None, seeds: list[int] | None = None, split: str = "test",
+        lams: list[float] | None = None) -> dict[str, Any]:
+    """Both tables on ``split``'s noise for ``seeds`` (default ``[config["seed"]]`` or 0), per-sample scores pooled
+    over the seeds; the pool of pre-trained samples is shared out over the seeds (its own noise, no split)."""
+    import torch
+
     from ray_bilevel.tasks.reward_lambda.calibration import derived_beta0, fit_beta0, tilted_means
     from ray_bilevel.tasks.reward_lambda.task import _seed
 
+    if split not in ("val", "test"):
+        raise SystemExit(f"split must be 'val' or 'test', got {split!r}.")
+    seeds = list(seeds) if seeds is not None else [int(config.get("seed", 0))]
+    config = {k: v for k, v in config.items() if k != "seed"}
+    lams = list(lams) if lams is not None else _select_lams(None)
     state: dict[str, Any] = torch.load(partial, weights_only=False) if partial.is_file() else {}
-    if state.get("config") not in (None, config) or state.get("pool_size") not in (None, pool_size):
-        raise SystemExit(f"{partial} belongs to another run ({state.get('config')}, pool {state.get('pool_size')}); "
+    run_key = {"config": config, "pool_size": pool_size, "seeds": seeds, "split": split}
+    if any(state.get(k) not in (None, v) for k, v in run_key.items()):
+        raise SystemExit(f"{partial} belongs to another run ({ {k: state.get(k) for k in run_key} }); "
                          "delete it or choose another --out.")
-    state.update(config=config, pool_size=pool_size)
+    state.update(run_key)
     state.setdefault("sweep", {})
-    task = _task(config)
+    tasks = {s: _task({**config, "seed": s}) for s in seeds}
+    task = tasks[seeds[0]]
     c, be = task.cfg, task.backend
-    if "pool" not in state:  # pre-trained samples for the importance-weighted predictions (own noise seed)
+    if "pool" not in state:  # pre-trained samples for the importance-weighted predictions (own noise seeds)
         t0 = time.perf_counter()
-        ref = be.reference(pool_size, _seed(c.eval_seed, c.seed, "calibration", "pool"), c.sample_batch)
-        state["pool"] = {"r1": ref["r1"], "r2": ref["r2"], "prompt_alignment": be.score(be.alignment, ref["images"]),
-                         "wall_s": time.perf_counter() - t0}
+        parts = []
+        for i, s in enumerate(seeds):
+            n = pool_size // len(seeds) + (i < pool_size % len(seeds))
+            ref = be.reference(n, _seed(c.eval_seed, s, "calibration", "pool"), c.sample_batch)
+            parts.append({"r1": ref["r1"], "r2": ref["r2"], "prompt_alignment": be.score(be.alignment, ref["images"])})
+        state["pool"] = {**_cat(parts), "wall_s": time.perf_counter() - t0}
         torch.save(state, partial)
         print(f"pool of {pool_size} pre-trained samples: {state['pool']['wall_s']:.0f} s", flush=True)
-    if "unguided" not in state:  # the pre-trained samples from the guided generations' own test noise (round 0)
-        z = torch.cat([be.noise(c.guide_batch, task._noise_seed("test", "guide", j)) for j in range(c.repeats)])
-        x = be.sample(z, c.sample_batch)
-        state["unguided"] = {"r1": be.score(be.r1, x), "r2": be.score(be.r2, x),
-                             "prompt_alignment": be.score(be.alignment, x)}
+    if "unguided" not in state:  # the pre-trained samples from the guided generations' own noise (round 0)
+        parts = []
+        for t in tasks.values():
+            z = torch.cat([be.noise(c.guide_batch, t._noise_seed(split, "guide", j)) for j in range(c.repeats)])
+            x = be.sample(z, c.sample_batch)
+            parts.append({"r1": be.score(be.r1, x), "r2": be.score(be.r2, x),
+                          "prompt_alignment": be.score(be.alignment, x)})
+        state["unguided"] = _cat(parts)
         torch.save(state, partial)
     pool, unguided = state["pool"], state["unguided"]
-    lams = [float(p["lam"]) for p in RewardLambdaTask.oracle_points()]
     done_here = 0  # λ computed by this invocation (--budget-s stops only after at least one)
     for lam in lams:
         if lam in state["sweep"]:
@@ -94,9 +155,12 @@ def run(config: dict[str, Any], pool_size: int, min_ess: float, partial: Path,
                   flush=True)
             raise SystemExit(3)
         t0 = time.perf_counter()
-        t = _task({**config, "lam": lam})
-        scores = t.test_scores()
-        state["sweep"][lam] = {"beta": t.beta, **scores, "wall_s": time.perf_counter() - t0}
+        parts = []
+        for t in tasks.values():
+            t.set_hyperparameters({"lam": lam})
+            parts.append(_split_scores(t, split))
+        scores = _cat(parts)
+        state["sweep"][lam] = {"beta": task.beta, **scores, "wall_s": time.perf_counter() - t0}
         torch.save(state, partial)
         done_here += 1
         print(f"lam {lam:8.4g}: r1 {float(scores['r1'].mean()):6.2f}  r2 {float(scores['r2'].mean()):6.2f}  "
@@ -151,9 +215,9 @@ def run(config: dict[str, Any], pool_size: int, min_ess: float, partial: Path,
                    "pool_r1_mean": float(pool["r1"].mean()),
                    "unguided_r1_mean": float(unguided["r1"].mean()), "unguided_r2_mean": m0,
                    "pool_corr_r1_r2": float(torch.corrcoef(torch.stack([pool["r1"], pool["r2"]]))[0, 1])}
-    return {"config": config, "settings": {k: getattr(c, k) for k in (
+    return {"config": config, "settings": {**{k: getattr(c, k) for k in (
                 "upper", "ink_target", "ink_scale", "reward", "alignment", "prompt", "steps", "rounds", "guide_batch",
-                "repeats", "y_star", "target", "reduction", "cfg_scale", "seed", "eval_seed")},
+                "repeats", "y_star", "target", "reduction", "cfg_scale", "eval_seed")}, "split": split, "seeds": seeds},
             "pool_size": pool_size, "rows": rows, "verdict": verdict, "calibration": calibration,
             "wall_s": pool["wall_s"] + sum(state["sweep"][lam]["wall_s"] for lam in lams)}
 
@@ -162,7 +226,8 @@ def markdown(result: dict[str, Any]) -> str:
     rows, v, cal = result["rows"], result["verdict"], result["calibration"]
     s = result["settings"]
     n = rows[0]["n"]
-    lines = [f"F(λ) = −E[r1] on guided test samples ({n} per λ, same noise for every λ), r1 = {s['upper']} "
+    lines = [f"F(λ) = −E[r1] on guided {'test' if s['split'] == 'test' else 'validation'} samples ({n} per λ from "
+             f"seeds {', '.join(map(str, s['seeds']))}, same noise for every λ), r1 = {s['upper']} "
              f"(ink_target {s['ink_target']:g}, ink_scale {s['ink_scale']:g}), β = β0/λ with β0 = "
              f"{cal['beta0_used']:.4g} ({cal['beta0_source']}); mean ± 1.96 SE:", "",
              "| λ | β | r1 = `alignment` | r2 = `reward` (ink) | class alignment | predicted r1 | predicted r2 | ESS |",
@@ -203,6 +268,22 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: What a calibration entry's numbers mean (written with every entry).
+NOTE = ("least-squares fit of the guided mean ink (shift from the unguided mean on the same noise) to the "
+        "importance-weighted prediction over lambda with ESS >= min_ess; guided samples from the validation noise of "
+        "the development seeds in fitted_on (never the test split or a benchmark seed); fit_per_lam: exact inversion "
+        "per lambda; wall_s: seconds of the pool and the lambda sweep")
+
+
+def _commit() -> dict[str, Any]:
+    """The commit this checkout is at, and whether its work tree had changes (``commit`` None outside git)."""
+    from ray_bilevel.benchmark.report import git_commit
+
+    here = Path(__file__).resolve().parent
+    info = git_commit(str(here), exclude=str(here.parent / "results"))
+    return {"commit": info["sha"], "worktree_dirty": info["dirty"]}
+
+
 def write_calibration_entry(result: dict[str, Any], command: str) -> Path:
     import torch
 
@@ -215,11 +296,13 @@ def write_calibration_entry(result: dict[str, Any], command: str) -> Path:
         "conditions": {k: s[k] for k in ("reward", "y_star", "target", "reduction", "cfg_scale", "steps")},
         "beta0": round(cal["beta0_fit"], 6),
         "provenance": {
-            "fitted_on": {k: s[k] for k in ("prompt", "alignment", "upper", "steps", "rounds", "seed", "eval_seed")},
+            "fitted_on": {k: s[k] for k in ("prompt", "alignment", "upper", "steps", "rounds", "guide_batch", "repeats",
+                                            "eval_seed", "split", "seeds")},
             "probe_beta0": cal["beta0_used"], "fit_per_lam": {f"{k:.6g}": v for k, v in cal["fit_per_lam"].items()},
             "min_ess": cal["min_ess"], "pool_size": result["pool_size"], "guided_per_lam": result["rows"][0]["n"],
             "beta0_derived_first_order": cal["beta0_derived"], "pool_r2_mean": cal["pool_r2_mean"],
-            "command": command, "date": datetime.date.today().isoformat(), "torch": torch.__version__},
+            "command": command, **_commit(), "wall_s": round(result["wall_s"], 1),
+            "date": datetime.date.today().isoformat(), "torch": torch.__version__, "note": NOTE},
     }
     write_calibration(path, entry)
     return path
@@ -228,7 +311,12 @@ def write_calibration_entry(result: dict[str, Any], command: str) -> Path:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="quick")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None,
+                   help="seeds whose noise is used, e.g. 100-104 (default: 0; with --calibrate: 100-104, development "
+                        "seeds only)")
+    p.add_argument("--split", choices=("val", "test"), default=None,
+                   help="the guided generations' noise (default: test; with --calibrate: val, the only one allowed)")
+    p.add_argument("--lams", default=None, help="a subset of the 13 dense λ: LOW-HIGH or a comma list (default: all)")
     p.add_argument("--repeats", type=int, default=None,
                    help="guided batches per λ (default: the preset's; quick: 3 batches of 32 images)")
     p.add_argument("--pool", type=int, default=2048, help="pre-trained samples for the importance-weighted predictions")
@@ -241,15 +329,27 @@ def main(argv: list[str] | None = None) -> None:
                    help="stop (exit code 3) before a λ that would end after this many seconds; rerun to resume")
     args = p.parse_args(argv)
     from ray_bilevel.cli import parse_key_values
+    from ray_bilevel.config import ConfigError
+    from ray_bilevel.protocol import DEVELOPMENT_SEEDS, check_development, parse_seeds
 
-    config: dict[str, Any] = {"preset": args.preset, "seed": args.seed, **parse_key_values(args.set)}
+    split = args.split or ("val" if args.calibrate else "test")
+    config: dict[str, Any] = {"preset": args.preset, **parse_key_values(args.set)}
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds else (list(DEVELOPMENT_SEEDS) if args.calibrate else [0])
+        if args.calibrate:  # β0 is a hand choice of every λ method: development seeds and the validation split only
+            check_development(seeds, split, "--calibrate")
+        lams = _select_lams(args.lams)
+    except ConfigError as exc:
+        p.error(str(exc))
+    if "seed" in config:
+        p.error(f"--set seed={config['seed']}: give the seeds with --seeds instead.")
     if args.repeats is not None:
         config["repeats"] = args.repeats
     if args.beta0 is not None:
         config["beta0"] = args.beta0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial.pt")
-    result = run(config, args.pool, args.min_ess, partial, args.budget_s)
+    result = run(config, args.pool, args.min_ess, partial, args.budget_s, seeds=seeds, split=split, lams=lams)
     command = "python benchmarks/lambda_problem.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result["command"] = command
     if args.calibrate:

@@ -6,8 +6,8 @@
 The folders are compare.py results folders (results.json, run_info.json) of the same task and preset; the variant
 ran ``--methods METHOD`` with some ``--set KEY=VALUE`` (several folders: e.g. one per seed, each with its own
 settings). Printed: the variant's commands and commits, the settings that differ from the reference's, a per-seed
-table (validation and test selection metric, regret against the dense oracle of the same seed in ``--oracle``,
-by default the reference folder, CPU-seconds, the answer's configuration) and the paired differences
+table (validation and test selection metric, regret against the test value of the validation-chosen answer of the
+dense oracle of the same seed in ``--oracle``, by default the reference folder, CPU-seconds, the answer's configuration) and the paired differences
 variant − reference over seeds with their 95 % t intervals. A variant is adopted on its validation value, never on
 the test values or regrets it is reported with.
 
@@ -17,7 +17,6 @@ block (benchmarks/refresh_md.py).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,8 @@ from typing import Any
 from ray_bilevel.benchmark.report import difference_cell, format_number
 from ray_bilevel.benchmark.reporting import add_regret
 from ray_bilevel.benchmark.stats import paired_differences
+from ray_bilevel.benchmark.store import read_json
+from ray_bilevel.config import ConfigError
 
 __all__ = ["section", "main"]
 
@@ -38,10 +39,14 @@ def _load(folder: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     path = os.path.join(folder, "results.json")
     if not os.path.exists(path):
         raise SystemExit(f"variant_md.py: {path} not found: pass a compare.py results folder (--out DIR).")
-    with open(path) as fh:
-        rows = json.load(fh)
-    info_path = os.path.join(folder, "run_info.json")
-    info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+    fix = (f"rerun the benchmarks/compare.py command that wrote {folder}, with --resume, to rewrite it (finished "
+           "methods are reused).")
+    try:
+        rows = read_json(path, fix, expect=list)
+        info_path = os.path.join(folder, "run_info.json")
+        info = read_json(info_path, fix, expect=dict) if os.path.exists(info_path) else {}
+    except ConfigError as exc:
+        raise SystemExit(f"variant_md.py: {exc}") from None
     return rows, info
 
 
@@ -102,7 +107,8 @@ def section(variant_dir: str, reference_dir: str, method: str = "bilevel", title
     lines.append("")
     where = f"`{oracle_dir}`" if oracle_dir else "the reference's"
     lines.append(f"Selection metric `{metric}` ({'lower' if mode == 'min' else 'higher'} is better); regret against "
-                 f"{where} dense oracle of the same seed{'' if oracle else ' (no oracle there: –)'}.")
+                 f"{where} dense oracle's validation-chosen answer of the same seed, on test (negative: the method beat "
+                 f"the sweep's validation-chosen answer){'' if oracle else ' (no oracle there: –)'}.")
     lines.append("")
     lines.append(f"| seed | {metric} val: reference → variant | {metric} test: reference → variant | regret: reference → "
                  "variant | CPU s: reference → variant | variant's answer |")

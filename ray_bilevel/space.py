@@ -19,7 +19,7 @@ from typing import Any
 from ray_bilevel.config import ConfigError
 
 __all__ = ["Param", "SearchSpace", "Budget", "TaskMethod", "DEFAULT_BUDGETS", "grid_values", "greedy_grids",
-           "dense_points"]
+           "dense_points", "space_filling_points"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +85,9 @@ class Budget:
         pbt_interval: PBT perturbation interval in Tune iterations.
         methods: the methods run when ``--methods`` is not given (``None``: the task's ``baselines``).
         max_concurrent: trials of one method in flight at once (``None``: as many as the cluster fits).
+        asha_grace, asha_eta: the ``asha`` method's grace period (Tune iterations before a trial can be stopped) and
+            reduction factor (1/eta of the trials at a rung go on); asha_max_trials: it starts at most this many
+            times the budget's trials (its compute budget binds first in practice).
             Smoke trials last about a second, so starting a second actor (imports, task build) costs
             more than it saves: one actor runs them in turn.
     """
@@ -95,6 +98,9 @@ class Budget:
     pbt_interval: int = 1
     methods: tuple[str, ...] | None = None
     max_concurrent: int | None = None
+    asha_grace: int = 1
+    asha_eta: float = 2.0
+    asha_max_trials: int = 8
 
 
 #: Budgets of a task that declares none of its own.
@@ -192,3 +198,24 @@ def dense_points(space: SearchSpace, n_1d: int = 13, n_first: int = 9, n_slice: 
     for p in points:
         unique.setdefault(tuple(sorted(p.items())), p)
     return list(unique.values())
+
+
+def space_filling_points(space: SearchSpace, n: int, seed: int = 0, digits: int = 4) -> list[dict[str, float]]:
+    """An oracle sweep over the whole box of ``space``: its defaults, then ``n`` points of a scrambled Latin hypercube
+    (``scipy.stats.qmc.LatinHypercube``, centred-discrepancy optimised ``"random-cd"``, seeded by ``seed``), each
+    coordinate mapped onto ``[low, high]`` on the parameter's prior scale (log for a log prior) and rounded to
+    ``digits`` significant digits (readable configs in tables). A fixed ``seed`` gives the same design every run;
+    every point lies inside the box, so it is as feasible as the box is."""
+    if n < 1:
+        raise ConfigError(f"a space-filling design needs n >= 1 points, got n={n}; pass n=1 or more.")
+    from scipy.stats import qmc
+
+    unit = qmc.LatinHypercube(d=len(space.params), optimization="random-cd", seed=seed).random(n)
+    points = [space.defaults()]
+    for row in unit:
+        point = {}
+        for p, u in zip(space.params, row):
+            value = math.exp(math.log(p.low) + u * math.log(p.high / p.low)) if p.log else p.low + u * (p.high - p.low)
+            point[p.name] = min(p.high, max(p.low, float(f"{value:.{digits}g}")))
+        points.append(point)
+    return points

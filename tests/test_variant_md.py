@@ -1,5 +1,6 @@
 """benchmarks/variant_md.py: a variant run of one method against the reference run, regret from the reference's
-oracle of the same seed, paired differences by seed (synthetic results folders with known values)."""
+oracle of the same seed (the test value of its validation-chosen answer), paired differences by seed (synthetic results
+folders with known values)."""
 from __future__ import annotations
 
 import json
@@ -30,7 +31,8 @@ def test_variant_section_regret_from_the_reference_oracle_and_paired_differences
     sweep = lambda best: [{"config": {"tau": 1.0}, "metric_value": best, "metric_value_val": 1.0},  # noqa: E731
                           {"config": {"tau": 2.0}, "metric_value": best + 50, "metric_value_val": 0.5}]
     ref = _folder(tmp_path / "ref", [_row("bilevel", s, 200 + s, 150 + s, 400) for s in (0, 1, 2)]
-                  + [_row("dense", s, 180, 160, 3000, sweep=sweep(100 + 10 * s)) for s in (0, 1, 2)], ["compare.py"])
+                  + [_row("dense", s, 0.5, 150 + 10 * s, 3000, sweep=sweep(100 + 10 * s)) for s in (0, 1, 2)],
+                  ["compare.py"])
     var = _folder(tmp_path / "var", [_row("bilevel", s, 190 + s, 130 + 2 * s, 410,
                                           settings={"eval_samples": 500, "lr_start": 0.02}) for s in (0, 1, 2)],
                   ["benchmarks/compare.py", "--methods", "bilevel", "--set", "lr_start=0.02"])
@@ -38,8 +40,10 @@ def test_variant_section_regret_from_the_reference_oracle_and_paired_differences
     assert text.startswith("## lr_start\n")
     assert "python benchmarks/compare.py --methods bilevel --set lr_start=0.02" in text
     assert "Settings changed: `lr_start=0.0200`." in text
-    # seed 1: reference test 151, regret 151 - 110 = 41; variant test 132, regret 132 - 110 = 22
-    assert "| 1 | 201 → 191 | 151 → 132 | 41 → 22 | 400 → 410 | start=0.0100, tau=1.50 |" in text, text
+    # seed 1: the oracle's answer is tau=2 (best on validation, 0.5), test 160 (not the sweep's test-best 110):
+    # reference test 151, regret 151 - 160 = -9 (it beat the sweep); variant test 132, regret 132 - 160 = -28
+    assert "| 1 | 201 → 191 | 151 → 132 | -9 → -28 | 400 → 410 | start=0.0100, tau=1.50 |" in text, text
+    assert "negative: the method beat the sweep's validation-chosen answer" in text
     # variant - reference per seed: val -10 (no spread: the interval collapses on the mean), test and regret
     # -20 + s (mean -19), no FID, CPU-s +10
     last = text.rstrip().splitlines()[-1]
@@ -51,7 +55,7 @@ def test_variant_folders_per_seed_another_reference_method_and_oracle(tmp_path):
     """A fixed-hyperparameter trial per seed (one folder each, its own settings) against another method of another
     run, with the oracle from a third folder."""
     sweep = [{"config": {"tau": 1.0}, "metric_value": 100.0, "metric_value_val": 1.0}]
-    oracle = _folder(tmp_path / "oracle", [_row("dense", s, 1, 1, 1, sweep=sweep) for s in (0, 1)], [])
+    oracle = _folder(tmp_path / "oracle", [_row("dense", s, 1.0, 100.0, 1, sweep=sweep) for s in (0, 1)], [])
     ref = _folder(tmp_path / "ref", [_row("bilevel", s, 150, 140 + s, 400) for s in (0, 1)], [])
     var = ",".join(str(_folder(tmp_path / f"v{s}", [_row("default", s, 140, 120 + 3 * s, 250,
                                                          settings={"eval_samples": 500, "tau": 1.5 + s})],

@@ -72,8 +72,8 @@ class NoiseScheduleTask(Task):
         return settings.BUDGETS.get(preset) or super().budget(preset)
 
     @classmethod
-    def oracle_points(cls) -> list[dict[str, float]]:
-        return settings.oracle_points()
+    def oracle_points(cls, preset: str = "quick") -> list[dict[str, float]]:
+        return settings.oracle_points(preset)
 
     @classmethod
     def search_space(cls) -> SearchSpace:

@@ -16,11 +16,17 @@ mean of r2 measured on a λ sweep at a probe β0 (:func:`fit_beta0`, least squar
 (effective sample size of the weights large enough). ``benchmarks/lambda_problem.py --calibrate`` fits it and writes
 :data:`CALIBRATION_FILE` next to the model; a task with ``beta0=None`` (the offline default) reads it
 (:func:`resolve_beta0`).
+
+**Data.** β0 is a hand-chosen constant of every λ method, so it is fitted on development seeds (>= 100) and the
+validation noise only (:mod:`ray_bilevel.protocol`); each entry records the split and seeds it was fitted on
+(``provenance.fitted_on``), with the command and commit. :func:`resolve_beta0` refuses an entry fitted on the test
+split or on benchmark seeds, and warns about one that does not record them (:func:`provenance_problem`).
 """
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +34,10 @@ from typing import Any
 import torch
 
 from ray_bilevel.config import ConfigError
+from ray_bilevel.protocol import MIN_DEVELOPMENT_SEED, TUNING_SPLIT
 
 __all__ = ["CALIBRATION_FILE", "MATCH_KEYS", "STEPS_KEY", "calibration_path", "load_calibrations", "find_calibration",
-           "resolve_beta0", "tilted_means", "derived_beta0", "fit_beta0", "write_calibration"]
+           "provenance_problem", "resolve_beta0", "tilted_means", "derived_beta0", "fit_beta0", "write_calibration"]
 
 #: The calibration record, next to the model's ``config.json`` (shipped: ``assets/cond_unet_mnist16/``).
 CALIBRATION_FILE = "guidance_calibration.json"
@@ -86,19 +93,44 @@ def find_calibration(cfg: Any) -> dict[str, Any] | None:
     return min(found, key=lambda e: _steps_distance(e, cfg.steps)) if found else None
 
 
+def provenance_problem(entry: Mapping[str, Any]) -> tuple[str, bool] | None:
+    """What is wrong with the data an entry was fitted on, or None: ``(problem, refuse)``. ``refuse`` is True when
+    the entry records the test split or a seed below the development range, False when it records no split or seeds."""
+    fitted = entry.get("provenance", {}).get("fitted_on", {})
+    split, seeds = fitted.get("split"), fitted.get("seeds")
+    if split is None or not seeds:
+        return "records no split and seeds it was fitted on (provenance.fitted_on.split / .seeds)", False
+    low = [s for s in seeds if int(s) < MIN_DEVELOPMENT_SEED]
+    if split != TUNING_SPLIT or low:
+        return (f"was fitted on split={split!r}, seeds={list(seeds)}, not on the {TUNING_SPLIT!r} split and "
+                f"development seeds >= {MIN_DEVELOPMENT_SEED}"), True
+    return None
+
+
 def resolve_beta0(cfg: Any) -> tuple[float, str]:
-    """``(β0, source)``: the explicit ``cfg.beta0``, or the model's calibration when ``cfg.beta0`` is None."""
+    """``(β0, source)``: the explicit ``cfg.beta0``, or the model's calibration when ``cfg.beta0`` is None.
+
+    Raises ConfigError if there is no matching entry or the entry was fitted on the test split or benchmark seeds;
+    warns if the entry does not record its split and seeds."""
     if cfg.beta0 is not None:
         return float(cfg.beta0), "setting"
     entry = find_calibration(cfg)
+    where = calibration_path(cfg.model_path) if cfg.model == "digits" else f"model={cfg.model!r}"
     if entry is None:
-        where = calibration_path(cfg.model_path) if cfg.model == "digits" else f"model={cfg.model!r}"
         raise ConfigError(
             f"beta0=None asks for the calibrated guidance strength, but {where} has no calibration for "
             f"{ {k: getattr(cfg, k) for k in MATCH_KEYS} }; set beta0 explicitly or fit one with "
             "`python benchmarks/lambda_problem.py --calibrate` (docs/reward_lambda.md).")
     fitted = entry.get("conditions", {}).get(STEPS_KEY)
     note = "" if fitted in (None, cfg.steps) else f", fitted at steps={fitted}, used at steps={cfg.steps}"
+    problem = provenance_problem(entry)
+    if problem is not None:
+        text = (f"the calibration in {where} for steps={fitted} {problem[0]}; refit it with `python "
+                "benchmarks/lambda_problem.py --calibrate --seeds 100-104` (validation split) or set beta0 explicitly.")
+        if problem[1]:
+            raise ConfigError(text)
+        warnings.warn(text, UserWarning, stacklevel=3)
+        note += ", unrecorded data"
     return float(entry["beta0"]), f"calibrated ({CALIBRATION_FILE}{note})"
 
 
@@ -172,9 +204,10 @@ def write_calibration(path: str | Path, entry: Mapping[str, Any]) -> None:
     """Add ``entry`` to the calibration file, replacing an entry with the same matching conditions."""
     path = Path(path)
     record = json.loads(path.read_text()) if path.is_file() else {}
-    record.setdefault("about", "Guidance strength beta = beta0 / lambda calibrated so that Algorithm 5 draws the tilted "
-                                "distribution p*_lambda of the closed-form hypergradient; docs/reward_lambda.md. "
-                                "Written by benchmarks/lambda_problem.py --calibrate.")
+    record["about"] = ("Guidance strength beta = beta0 / lambda calibrated so that Algorithm 5 draws the tilted "
+                       "distribution p*_lambda of the closed-form hypergradient; docs/reward_lambda.md. Written by "
+                       "benchmarks/lambda_problem.py --calibrate on development seeds and the validation noise only "
+                       "(provenance.fitted_on).")
     keep = [e for e in record.get("entries", [])
             if any(e.get("conditions", {}).get(k) != entry["conditions"].get(k) for k in (*MATCH_KEYS, STEPS_KEY))]
     record["entries"] = [*keep, dict(entry)]
