@@ -30,6 +30,10 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(GENERIC_METHODS)} or a task's own baseline (e.g. weighted_sum for reward_lambda); default: the task's baselines (quick: the paper's baselines + default + bilevel)")
     p.add_argument("--trials", default=None, help="trials per searcher method: a number, or 'paper' for the paper's "
                    "budgets (the space's Bayesian n_calls: 15 noise schedule, 20 lambda); default: the preset's budget")
+    p.add_argument("--budget", default=None, metavar="Nx",
+                   help="compute budget of every search method in full trainings (one default trial's counted "
+                   "compute), e.g. 4x: full-fidelity searchers run 4 trials (each costs exactly one default trial), "
+                   "asha starts trials while its cost_flops stays within 4 trainings; replaces --trials")
     p.add_argument("--seed", type=int, default=0, help="seed of every task and searcher (default 0)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2: every method runs once per seed "
                    "(task and searcher seed); the table shows mean ± 95%% interval and paired differences")
@@ -57,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
             trials = int(a.trials)
         else:
             raise ConfigError(f"--trials takes a positive integer or 'paper', got {a.trials!r}.")
+    if a.budget is not None:
+        text = a.budget.strip().lower().removesuffix("x")
+        if a.trials is not None:
+            raise ConfigError(f"--budget {a.budget} and --trials {a.trials} both set the budget; give one of them.")
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"--budget takes a positive whole number of full trainings such as 4x, got {a.budget!r}.")
+        trials = int(text)
     seeds = None
     if a.seeds:
         try:

@@ -220,6 +220,7 @@ TRIGGERS: dict[str, Trigger] = {
     "B55": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "model": "sd"}),
     "B56": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "prompt": "a cat"}),
     "B58": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "y_star": 50.0}),
+    "B62": lambda tmp, cap: task("reward_lambda")({"preset": "smoke", "lam_search": "curve", "curve_points": 1}),
     # a diverging U-Net (NaN score-matching loss)
     "B57": lambda tmp, cap: (task("noise_schedule"), train({"task": "noise_schedule", "preset": "smoke", "lr": 1e6}, 3)),
 }

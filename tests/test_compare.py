@@ -270,12 +270,17 @@ def test_compare_smoke_on_the_paper_tasks(tmp_path):
             assert key in r, key
         assert r["metric_value"] is not None and math.isfinite(r["metric_value"]), r
         assert r["metric_value_val"] is not None and r["cpu_s"] > 0 and r["regret"] is not None
+        assert r["cost_flops"] > 0 and r["cost_flops"] == pytest.approx(sum(r["cost_flops_by_network"].values()))
+        assert r["curve"][-1]["cost_flops"] == pytest.approx(r["cost_flops"])
         assert r[f"{r['metric']}_val"] == r["metric_value_val"]
         assert r["curve"] and r["curve"][-1]["metric_value"] == r["metric_value"]
     dense = [r for r in rows if r["method"] == "dense"]
     assert all(len(r["sweep"]) >= 13 and {"config", "metric_value", "metric_value_val"} <= set(r["sweep"][0])
                for r in dense)
-    assert all(r["regret"] >= 0 for r in dense)  # the oracle's own answer is chosen on validation
+    assert all(r["regret"] == 0 for r in dense)  # the reference is the oracle's own validation-chosen answer
+    for r in rows:  # every regret against the test value of that answer, same task and seed
+        ref = next(d["metric_value"] for d in dense if (d["task"], d["seed"]) == (r["task"], r["seed"]))
+        assert r["regret"] == pytest.approx((r["metric_value"] - ref) * (1 if r["mode"] == "min" else -1))
     summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
     entry = next(e for e in summary if e["method"] == "bilevel" and e["metric"] == "metric_value")
     assert {"mean", "ci95_low", "ci95_high", "n"} <= set(entry) and entry["n"] == 2

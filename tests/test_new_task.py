@@ -121,7 +121,7 @@ def test_the_task_declares_what_the_harness_needs():
     from ray_bilevel.benchmark.methods import methods_for
 
     assert LineTask.methods() == ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt", "dense",
-                                 "shifted_grid")
+                                 "bilevel_retrain", "asha", "optuna_tpe", "optuna_gp", "pb2", "shifted_grid")
     assert methods_for(LineTask) == LineTask.baselines
     assert LineTask.metric_mode("distance") == "min" and LineTask.metric_mode("upper") == "min"
 

@@ -28,7 +28,8 @@ import torch
 
 from ray_bilevel.config import ConfigError
 
-__all__ = ["lambda_hypergradient", "penalty_value", "project_lambda", "lambda_statistics", "METHODS"]
+__all__ = ["lambda_hypergradient", "penalty_value", "project_lambda", "lambda_statistics", "lambda_curve",
+           "propose_lambda", "METHODS"]
 
 METHODS = ("exact", "paper")
 
@@ -118,3 +119,43 @@ def project_lambda(lam: float, grad: float, lr: float, lam_min: float, log_space
     else:
         new = lam - lr * grad
     return max(new, lam_min)
+
+
+def lambda_curve(r1: Any, r2: Any, lams: Any) -> dict[str, torch.Tensor]:
+    """The closed-form upper objective at every λ of ``lams`` from one set of pre-trained samples (docs/algorithms.md
+    §2.1, §2.4 "the whole curve"): the lower level's solution is ``p*_λ ∝ p_data · e^{r2/λ}``, so with ``u_i ~ p_data``
+    and self-normalised weights ``w_i(λ) = softmax(r2/λ)_i``
+
+        F(λ) = E_{p*_λ}[r1] ≈ Σ_i w_i a_i,     dF/dλ = −Cov_w(r1, r2) / λ²,     ESS(λ) = 1 / Σ_i w_i²
+
+    (the derivative is the γ → ∞ limit of :func:`lambda_hypergradient`, with the sign of the upper objective
+    E[r1], which is maximised). The effective sample size says where the estimate can be trusted: at small λ the
+    weights collapse onto the few samples of largest r2. Returns float64 tensors ``lam``, ``F``, ``dF``, ``ess``."""
+    a, b = _prepare(r1, r2, 1.0, 1.0)
+    lam = torch.as_tensor(lams, dtype=torch.float64).flatten()
+    if lam.numel() == 0 or not bool((lam > 0).all()) or not bool(torch.isfinite(lam).all()):
+        raise ConfigError(f"lams must be finite numbers > 0, got {lam.tolist()}.")
+    w = torch.softmax((b - b.max())[None, :] / lam[:, None], dim=1)  # (L, N)
+    f = w @ a
+    cov = w @ (a * b) - f * (w @ b)
+    return {"lam": lam, "F": f, "dF": -cov / lam.square(), "ess": 1.0 / w.square().sum(dim=1)}
+
+
+def propose_lambda(r1: Any, r2: Any, lam_min: float, lam_max: float, points: int = 81,
+                   min_ess: float = 0.1) -> dict[str, float]:
+    """λ* = argmax of :func:`lambda_curve`'s F over ``points`` log-spaced λ in ``[lam_min, lam_max]``, among the λ
+    whose effective sample size is at least ``min_ess`` × N (the estimate is trusted there; ESS grows with λ, so
+    the largest λ always qualifies). Returns ``lam``, ``F``, ``dF``, ``ess`` at λ* and ``ess_fraction``."""
+    if not (0 < lam_min < lam_max and math.isfinite(lam_max)):
+        raise ConfigError(f"the λ curve needs 0 < lam_min < lam_max < inf, got {lam_min} and {lam_max}.")
+    if points < 2 or not 0.0 <= min_ess <= 1.0:
+        raise ConfigError(f"the λ curve needs points >= 2 and 0 <= min_ess <= 1, got {points} and {min_ess}.")
+    grid = torch.logspace(math.log10(lam_min), math.log10(lam_max), points, dtype=torch.float64)
+    curve = lambda_curve(r1, r2, grid)
+    n = curve["F"].new_tensor(float(torch.as_tensor(r1).numel()))
+    trusted = curve["ess"] >= min_ess * n
+    trusted[-1] = True
+    f = torch.where(trusted, curve["F"], torch.full_like(curve["F"], -math.inf))
+    i = int(torch.argmax(f))
+    return {"lam": float(grid[i]), "F": float(curve["F"][i]), "dF": float(curve["dF"][i]),
+            "ess": float(curve["ess"][i]), "ess_fraction": float(curve["ess"][i] / n)}

@@ -46,10 +46,13 @@ from typing import Any, ClassVar
 
 from ray_bilevel.space import DEFAULT_BUDGETS, Budget, SearchSpace, TaskMethod
 
-__all__ = ["Task", "GENERIC_METHODS"]
+__all__ = ["Task", "GENERIC_METHODS", "PAPER_METHODS"]
 
-#: Methods the benchmark can run on any task with a search space (``default`` and ``bilevel`` on any task).
-GENERIC_METHODS = ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt", "dense")
+#: The paper's comparison: the methods a task compares by default (``Task.baselines``).
+PAPER_METHODS = ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt", "dense")
+#: Methods the benchmark can run on any task with a search space (``default`` and ``bilevel`` on any task): the paper's,
+#: and the peers a practitioner picks today (multi-fidelity ASHA, Optuna's TPE and GP samplers, PB2).
+GENERIC_METHODS = (*PAPER_METHODS, "bilevel_retrain", "asha", "optuna_tpe", "optuna_gp", "pb2")
 
 
 class Task(abc.ABC):
@@ -66,7 +69,7 @@ class Task(abc.ABC):
     #: Direction of the other report keys (``check_objective`` refuses e.g. ``fid`` with ``mode="max"``).
     metric_modes: ClassVar[Mapping[str, str]] = {}
     #: Methods the benchmark compares on this task by default (the paper's comparison).
-    baselines: ClassVar[tuple[str, ...]] = GENERIC_METHODS
+    baselines: ClassVar[tuple[str, ...]] = PAPER_METHODS
 
     # -- what the task declares about its search (docs/algorithms.md §5) -------------------
     @classmethod
@@ -89,11 +92,14 @@ class Task(abc.ABC):
         return DEFAULT_BUDGETS[preset]
 
     @classmethod
-    def oracle_points(cls) -> list[dict[str, float]]:
-        """The ``dense`` method's sweep: the reference for "how good could it be" in this space (regret).
+    def oracle_points(cls, preset: str = "quick") -> list[dict[str, float]]:
+        """The ``dense`` method's sweep at ``preset``; the sweep point best on validation, reported on test, is the
+        reference of every method's regret. A design fixed before looking at any test value.
 
-        Default (:func:`~ray_bilevel.space.dense_points`): 13 evenly (log-)spaced values of a 1-D space; for more
-        parameters, 9 values of the first (most sensitive) at the others' defaults plus a 3×3 slice of the first two.
+        Default (:func:`~ray_bilevel.space.dense_points`, the same at every preset): 13 evenly (log-)spaced values of
+        a 1-D space; for more parameters, 9 values of the first (most sensitive) at the others' defaults plus a 3×3
+        slice of the first two. A task with several parameters should cover its whole box instead
+        (:func:`~ray_bilevel.space.space_filling_points`, as the noise schedule does).
         """
         from ray_bilevel.space import dense_points
 
@@ -103,7 +109,7 @@ class Task(abc.ABC):
     @classmethod
     def methods(cls) -> tuple[str, ...]:
         """Every method the benchmark can run on this task."""
-        generic = GENERIC_METHODS if cls.search_space() is not None else ("default", "bilevel")
+        generic = GENERIC_METHODS if cls.search_space() is not None else ("default", "bilevel", "bilevel_retrain")
         return tuple(generic) + tuple(m for m in cls.task_methods() if m not in generic)
 
     @classmethod

@@ -11,6 +11,10 @@ random     ``BasicVariantGenerator(random_state=seed)``  ``tune.uniform`` / ``tu
 bayes      :class:`SkoptSearcher` (GP, gp_minimize)     ``{}`` (the searcher owns the space)
 tpe        Ray's ``HyperOptSearch``                    ``{}``
 greedy     :class:`GreedyGridSearcher`                  ``{}``
+optuna_tpe Ray's ``OptunaSearch`` + Optuna's             ``{}``
+           ``TPESampler`` (short start-up design)
+optuna_gp  Ray's ``OptunaSearch`` + Optuna's             ``{}``
+           ``GPSampler`` (logEI, Matérn 5/2, ARD)
 =========  ==========================================  ===============================================
 
 The caller merges its constants (``task``, ``preset``, ``seed``, fixed settings) into
@@ -36,7 +40,34 @@ if TYPE_CHECKING:
 __all__ = ["SkoptSearcher", "GreedyGridSearcher", "SearchPlan", "make_searcher", "METHODS", "initial_points"]
 
 #: Method names :func:`make_searcher` knows.
-METHODS = ("grid", "random", "bayes", "tpe", "greedy")
+METHODS = ("grid", "random", "bayes", "tpe", "greedy", "optuna_tpe", "optuna_gp")
+
+
+def optuna_startup(n_calls: int, dims: int) -> int:
+    """Random start-up trials of the Optuna samplers: ``max(2, min(dims + 1, n_calls // 3))`` (4 of a 15-call
+    budget over 4 parameters, 2 of a 4-trial quick budget), where Optuna's own default of 10 would spend most of a
+    small budget at random. A hand choice (docs/algorithms.md, "Hand-chosen settings"), not tuned on any seed."""
+    return max(2, min(dims + 1, n_calls // 3))
+
+
+def optuna_search(sampler: str, space: SearchSpace, metric: str, mode: str, seed: int, n_calls: int) -> Searcher:
+    """Ray's ``OptunaSearch`` over ``space`` with Optuna's ``"tpe"``, ``"gp"`` or ``"random"`` sampler, seeded."""
+    try:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as exc:  # pragma: no cover - optuna is a dependency
+        raise ConfigError("the optuna methods need optuna: pip install 'optuna>=5'.") from exc
+    startup = optuna_startup(n_calls, len(space.params))
+    if sampler == "tpe":
+        chosen: Any = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    elif sampler == "gp":
+        chosen = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    elif sampler == "random":
+        chosen = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        raise ConfigError(f"unknown Optuna sampler {sampler!r}; choose 'tpe', 'gp' or 'random'.")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return OptunaSearch(OptunaSearch.convert_search_space(tune_domains(space)), metric, mode, sampler=chosen, seed=seed)
 
 
 def initial_points(n_calls: int, cap: int = 10) -> int:
@@ -135,10 +166,12 @@ def make_searcher(
         )
         return SearchPlan(name, greedy, {}, greedy.total_trials, greedy.total_trials, greedy)
 
-    if name == "bayes":
+    if name in ("optuna_tpe", "optuna_gp"):
+        searcher: Searcher = optuna_search(name.split("_", 1)[1], space, metric, mode, seed, n)
+    elif name == "bayes":
         kwargs.setdefault("acq_func", space.acq_func)
         kwargs.setdefault("n_initial_points", initial_points(n))
-        searcher: Searcher = SkoptSearcher(skopt_dimensions(space), metric, mode, n_calls=n, random_state=seed, **kwargs)
+        searcher = SkoptSearcher(skopt_dimensions(space), metric, mode, n_calls=n, random_state=seed, **kwargs)
     else:  # tpe
         from ray.tune.search.hyperopt import HyperOptSearch
 

@@ -42,7 +42,13 @@ from typing import Any, ClassVar
 import torch
 
 from ray_bilevel.config import ConfigError, resolve
-from ray_bilevel.estimators.entropy_lambda import lambda_hypergradient, lambda_statistics, project_lambda
+from ray_bilevel.cost import once
+from ray_bilevel.estimators.entropy_lambda import (
+    lambda_hypergradient,
+    lambda_statistics,
+    project_lambda,
+    propose_lambda,
+)
 from ray_bilevel.guidance import Linearisation, linearise
 from ray_bilevel.space import Budget, SearchSpace, TaskMethod
 from ray_bilevel.tasks.base import Task
@@ -134,21 +140,44 @@ class RewardLambdaTask(Task):
 
     @property
     def outer_budget(self) -> int:
-        return self.cfg.outer_steps
+        return 1 if self.cfg.lam_search == "curve" else self.cfg.outer_steps
 
     # -- Algorithm 2 ---------------------------------------------------------------------------
     def _pool(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.pool == "fixed" and self._fixed_pool is not None:
             return self._fixed_pool
         seed = _seed(self.cfg.seed, "pool", 0 if self.cfg.pool == "fixed" else k)
-        x = self.backend.sample(self.backend.noise(self.cfg.pool_size, seed), self.cfg.sample_batch)
-        a, b = self.backend.score(self.backend.r1, x), self.backend.score(self.backend.r2, x)
-        if self.cfg.pool == "fixed":
-            self._fixed_pool = (a, b)
-        return a, b
+
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:
+            x = self.backend.sample(self.backend.noise(self.cfg.pool_size, seed), self.cfg.sample_batch)
+            return self.backend.score(self.backend.r1, x), self.backend.score(self.backend.r2, x)
+
+        if self.cfg.pool == "fixed":  # drawn again after a restore (not checkpointed): booked once (cost_flops)
+            self._fixed_pool = once(f"fixed_pool:{self.backend.cost_key}:{seed}:{self.cfg.pool_size}", draw)
+            return self._fixed_pool
+        return draw()
+
+    def _curve_step(self) -> dict[str, float]:
+        """λ* from the whole closed-form curve F(λ) on the validation reference set (docs/algorithms.md §2.4): no
+        pool beyond the reference set the evaluation draws anyway, no step size; the final evaluation's guided
+        generation at λ* verifies it."""
+        c, ref = self.cfg, self._reference("val")
+        old = self.lam
+        best = propose_lambda(ref["r1"], ref["r2"], c.lam_min, max(c.curve_lam_max, 2 * c.lam_min), c.curve_points,
+                              c.curve_min_ess)
+        self.lam = best["lam"]
+        self.outer_done += 1
+        self._reset_generation()
+        row = {"lam_before": old, "hypergrad": -best["dF"], "hypergrad_norm": abs(best["dF"]), "F_curve": best["F"],
+               "ess": best["ess"], "ess_fraction": best["ess_fraction"], "samples_seen": float(self.samples_seen)}
+        self.trajectory.append({"outer_step": float(self.outer_done), "lam": self.lam, **row})
+        return row
 
     def hyper_step(self) -> dict[str, float]:
-        """One λ iteration of Algorithm 2 (docs/algorithms.md §2.4) from pre-trained samples; no guided sampling."""
+        """One λ iteration of Algorithm 2 (docs/algorithms.md §2.4) from pre-trained samples; no guided sampling
+        (``lam_search="curve"``: the whole curve at once, :meth:`_curve_step`)."""
+        if self.cfg.lam_search == "curve":
+            return self._curve_step()
         c = self.cfg
         a, b = self._pool(self.outer_done)
         grad = lambda_hypergradient(a, b, self.lam, c.gamma, c.method)
@@ -188,6 +217,10 @@ class RewardLambdaTask(Task):
         """The exponent's reward of the closed-form target p ∝ p_data e^{tilt/λ} (docs/algorithms.md §2.1): r2."""
         return r2
 
+    def _y_star(self) -> float:
+        """The fixed guidance target y* of the reward Algorithm 5 guides on (``target="fixed"``): ``cfg.y_star``."""
+        return float(self.cfg.y_star)
+
     def _generation_complete(self) -> bool:
         return self.gen["repeat"] >= self.cfg.repeats
 
@@ -198,7 +231,7 @@ class RewardLambdaTask(Task):
         lin = None if g["round"] == 0 else Linearisation(**g["lin"])
         x = self.backend.guided_round(z_T, lin, self.beta)
         if g["round"] < c.rounds - 1:
-            new, r = linearise(self._guidance_reward, x, c.target, c.y_star, c.delta)
+            new, r = linearise(self._guidance_reward, x, c.target, self._y_star(), c.delta)
             g["lin"] = {"g": new.g, "b": new.b, "y": new.y}
             g["round"] += 1
             g["current"] = x
