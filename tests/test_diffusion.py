@@ -80,6 +80,7 @@ def test_ddim_timesteps():
         ddim_timesteps(10, 5, "quadratic")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spacing,T,steps,clip_x0", [("trailing", 100, 10, False), ("leading", 100, 10, False), ("trailing", 60, 6, True), ("linspace", 40, 40, False)])
 def test_ddim_matches_diffusers_scheduler(spacing, T, steps, clip_x0):
     model = tiny_unet(seed=4)

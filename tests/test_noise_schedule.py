@@ -30,6 +30,7 @@ def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+@pytest.mark.slow
 def test_registered_and_budgets():
     assert get_task("noise_schedule") is NoiseScheduleTask
     task = smoke()
@@ -171,6 +172,7 @@ def test_seeded_runs_repeat_exactly_and_seeds_differ():
     assert c.hyper_step() != smoke(seed=7).hyper_step()
 
 
+@pytest.mark.slow
 def test_checkpoint_mid_run_continues_identically():
     a = smoke(seed=5)
     a.hyper_step()
@@ -187,6 +189,7 @@ def test_checkpoint_mid_run_continues_identically():
         b.load_state_dict({"format": "other"})
 
 
+@pytest.mark.slow
 def test_evaluate_final_reports_and_export(tmp_path):
     task = smoke(seed=0)
     for _ in range(task.outer_budget):
@@ -252,6 +255,7 @@ def test_tune_run_smoke_completes_offline(ray_local, tmp_path):
         assert key in last, key
 
 
+@pytest.mark.slow
 def test_surrogate_penalty_keeps_the_other_variants_streams_and_checkpoints():
     """z_fid_grad="surrogate": y' takes z's SM steps (same draws), h_y is taken at y'; "none" is unchanged by the option,
     and a checkpoint taken between outer steps continues identically (y' is rebuilt from y at every bilevel step)."""

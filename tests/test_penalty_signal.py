@@ -52,6 +52,7 @@ def test_differentiable_frechet_matches_metrics_fid():
     assert float(diag) == pytest.approx(ref, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_surrogate_gradient_flows_and_one_small_step_lowers_it():
     task = smoke(z_fid_grad="surrogate")
     for _ in range(2):
@@ -85,6 +86,7 @@ def _fd_value_gap(task, q, x0, t, noise, gamma):
         return gamma * float(score_matching_loss(task.z, x0, a, t=t, noise=noise) - score_matching_loss(task.y, x0, a, t=t, noise=noise))
 
 
+@pytest.mark.slow
 def test_penalty_term_is_nonzero_and_matches_a_finite_difference_of_g_in_q():
     gamma = 10.0
     task = smoke(z_fid_grad="none", z_init="copy_y")

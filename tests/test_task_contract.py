@@ -60,6 +60,7 @@ def test_seeded_runs_repeat_exactly(name):
     assert a.evaluate() == b.evaluate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TASKS)
 def test_state_round_trip_continues_identically(name):
     a = _build(name, seed=3)
