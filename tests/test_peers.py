@@ -108,11 +108,14 @@ def test_budget_gives_every_search_method_the_same_compute_and_asha_more_trials(
 
 @pytest.mark.slow
 def test_compare_smoke_runs_the_peers_on_both_tasks(tmp_path):
-    """``compare.py --preset smoke --methods default,bilevel,asha,optuna_tpe,optuna_gp,pb2``: every method applies to
-    both tasks; rows carry trials, lower_steps and cost_flops; asha's lower_steps stay below trials × a full run."""
+    """``compare.py --preset smoke --budget 4x --methods default,bilevel,asha,optuna_tpe,optuna_gp,pb2``: every method
+    applies to both tasks; rows carry trials, lower_steps and cost_flops, and asha stays within 4 trainings' compute.
+    Whether ASHA stops a trial here depends on the draws (a trial is stopped at its rung only if it is worse than the
+    median of the earlier ones there; on these smoke draws none is): the toy test above checks the stopped trials'
+    booking and that asha's lower_steps fall below trials × a full run."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--preset", "smoke", "--methods",
-                           "default,bilevel,asha,optuna_tpe,optuna_gp,pb2", "--out", str(tmp_path), "--num-cpus", "2",
+                           "default,bilevel,asha,optuna_tpe,optuna_gp,pb2", "--budget", "4x", "--out", str(tmp_path), "--num-cpus", "2",
                            "--verbose", "0", "--no-plots"], env=env, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "results.json").read_text())
@@ -122,5 +125,5 @@ def test_compare_smoke_runs_the_peers_on_both_tasks(tmp_path):
         for method, r in sub.items():
             assert r["trials"] >= 1 and r["cost_flops"] > 0 and r["metric_value"] is not None, (task, method)
         full = sub["default"]["lower_steps"]
-        assert sub["asha"]["lower_steps"] < sub["asha"]["trials"] * full
-        assert sub["asha"]["cost_flops"] <= 2 * sub["default"]["cost_flops"] * (1 + 1e-9)  # smoke: 2 trials' compute
+        assert sub["asha"]["lower_steps"] <= sub["asha"]["trials"] * full and sub["asha"]["trials"] >= 2
+        assert sub["asha"]["cost_flops"] <= 4 * sub["default"]["cost_flops"] * (1 + 1e-9)  # 4 trainings' compute
