@@ -18,7 +18,13 @@ one split and one or more seeds (the per-sample scores of all seeds pooled):
    model (``guidance_calibration.json``), where tasks with ``beta0=None`` (the default) read it. β0 is a hand-chosen
    constant of every λ method, so ``--calibrate`` runs on the validation noise and development seeds only (default
    ``--split val --seeds 100-104``; it refuses the test split and seeds < 100, ray_bilevel/protocol.py) and the
-   entry records the split, the seeds, the command and the commit.
+   entry records the split, the seeds, the command and the commit. An entry is keyed by the prompt and the reward
+   (the model by its folder), so ``--set 'prompt=a handwritten 3'`` or ``--set reward=package.module:function``
+   fits its own.
+3. **Stroke target.** With ``upper="stroke_target"`` and no ``ink_target`` set, ``--calibrate`` (or
+   ``--stroke-target`` alone) first derives the prompt's ``ink_target`` (the 95th percentile of the pre-trained
+   samples' ink, ray_bilevel/tasks/reward_lambda/stroke_target.py) from the calibration pool of the development
+   seeds and records it next to the model.
 
 Writes a JSON file and prints both markdown tables (last)::
 
@@ -215,9 +221,13 @@ def run(config: dict[str, Any], pool_size: int, min_ess: float, partial: Path,
                    "pool_r1_mean": float(pool["r1"].mean()),
                    "unguided_r1_mean": float(unguided["r1"].mean()), "unguided_r2_mean": m0,
                    "pool_corr_r1_r2": float(torch.corrcoef(torch.stack([pool["r1"], pool["r2"]]))[0, 1])}
+    from ray_bilevel.tasks.reward_lambda.user_scores import spec_name
+
     return {"config": config, "settings": {**{k: getattr(c, k) for k in (
-                "upper", "ink_target", "ink_scale", "reward", "alignment", "prompt", "steps", "rounds", "guide_batch",
-                "repeats", "y_star", "target", "reduction", "cfg_scale", "eval_seed")}, "split": split, "seeds": seeds},
+                "ink_target", "ink_scale", "alignment", "prompt", "steps", "rounds", "guide_batch",
+                "repeats", "y_star", "target", "reduction", "cfg_scale", "eval_seed")},
+                "upper": spec_name(c.upper), "reward": spec_name(c.reward), "ink_target_source": task.ink_target_source,
+                "split": split, "seeds": seeds},
             "pool_size": pool_size, "rows": rows, "verdict": verdict, "calibration": calibration,
             "wall_s": pool["wall_s"] + sum(state["sweep"][lam]["wall_s"] for lam in lams)}
 
@@ -293,7 +303,7 @@ def write_calibration_entry(result: dict[str, Any], command: str) -> Path:
     task = _task(result["config"])
     path = calibration_path(task.cfg.model_path)
     entry = {
-        "conditions": {k: s[k] for k in ("reward", "y_star", "target", "reduction", "cfg_scale", "steps")},
+        "conditions": {k: s[k] for k in ("prompt", "reward", "y_star", "target", "reduction", "cfg_scale", "steps")},
         "beta0": round(cal["beta0_fit"], 6),
         "provenance": {
             "fitted_on": {k: s[k] for k in ("prompt", "alignment", "upper", "steps", "rounds", "guide_batch", "repeats",
@@ -306,6 +316,35 @@ def write_calibration_entry(result: dict[str, Any], command: str) -> Path:
     }
     write_calibration(path, entry)
     return path
+
+
+def stroke_target_record(config: dict[str, Any], seeds: list[int], pool_size: int, command: str) -> dict[str, Any]:
+    """The prompt's ``ink_target`` from the calibration pool of pre-trained samples of the development ``seeds`` (the
+    pool :func:`run` draws: its own noise, never the test split), as a record of the model's calibration file."""
+    import torch
+
+    from ray_bilevel.metrics.rewards import InkReward
+    from ray_bilevel.tasks.reward_lambda.calibration import PROBE_BETA0
+    from ray_bilevel.tasks.reward_lambda.stroke_target import STROKE_QUANTILE, derive_ink_target
+    from ray_bilevel.tasks.reward_lambda.task import _seed
+
+    base = {k: v for k, v in config.items() if k != "seed"}
+    # unguided samples only: the upper score and β0 play no part, so neither needs a record yet
+    task = _task({**base, "seed": seeds[0], "upper": "alignment", "ink_target": None,
+                  "beta0": base.get("beta0") if base.get("beta0") is not None else PROBE_BETA0})
+    c, be, ink = task.cfg, task.backend, InkReward()
+    values = []
+    for i, s in enumerate(seeds):
+        n = pool_size // len(seeds) + (i < pool_size % len(seeds))
+        values.append(ink(be.reference(n, _seed(c.eval_seed, s, "calibration", "pool"), c.sample_batch)["images"]))
+    d = derive_ink_target(torch.cat(values))
+    return {"conditions": {"prompt": c.prompt, "steps": c.steps, "cfg_scale": c.cfg_scale},
+            "ink_target": d["ink_target"], "n": int(d["n"]),
+            "provenance": {"fitted_on": {"seeds": seeds, "noise": "calibration_pool", "eval_seed": c.eval_seed},
+                           "rule": f"round(quantile_{STROKE_QUANTILE:g}(ink of pre-trained samples))",
+                           "ink_q95": d["ink_q95"], "ink_mean": d["ink_mean"], "ink_sd": d["ink_sd"],
+                           "pool_size": pool_size, "command": command, **_commit(),
+                           "date": datetime.date.today().isoformat(), "torch": torch.__version__}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -323,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-ess", type=float, default=100.0, help="predictions with a smaller ESS are not fitted")
     p.add_argument("--beta0", type=float, default=None, help="probe β0 (default: the model's calibration)")
     p.add_argument("--calibrate", action="store_true", help="write the refitted β0 next to the model")
+    p.add_argument("--stroke-target", action="store_true",
+                   help="only derive the prompt's ink_target (upper='stroke_target') and write it next to the model")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a task setting (repeatable)")
     p.add_argument("--out", type=Path, default=Path("results/lambda_problem.json"))
     p.add_argument("--budget-s", type=float, default=None,
@@ -332,12 +373,13 @@ def main(argv: list[str] | None = None) -> None:
     from ray_bilevel.config import ConfigError
     from ray_bilevel.protocol import DEVELOPMENT_SEEDS, check_development, parse_seeds
 
-    split = args.split or ("val" if args.calibrate else "test")
+    fitting = args.calibrate or args.stroke_target
+    split = args.split or ("val" if fitting else "test")
     config: dict[str, Any] = {"preset": args.preset, **parse_key_values(args.set)}
     try:
-        seeds = parse_seeds(args.seeds) if args.seeds else (list(DEVELOPMENT_SEEDS) if args.calibrate else [0])
-        if args.calibrate:  # β0 is a hand choice of every λ method: development seeds and the validation split only
-            check_development(seeds, split, "--calibrate")
+        seeds = parse_seeds(args.seeds) if args.seeds else (list(DEVELOPMENT_SEEDS) if fitting else [0])
+        if fitting:  # β0 and the stroke target are hand choices: development seeds and the validation split only
+            check_development(seeds, split, "--calibrate" if args.calibrate else "--stroke-target")
         lams = _select_lams(args.lams)
     except ConfigError as exc:
         p.error(str(exc))
@@ -347,10 +389,25 @@ def main(argv: list[str] | None = None) -> None:
         config["repeats"] = args.repeats
     if args.beta0 is not None:
         config["beta0"] = args.beta0
+    command = "python benchmarks/lambda_problem.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    from ray_bilevel.config import resolve
+    from ray_bilevel.tasks.reward_lambda.settings import PRESETS, RewardLambdaSettings
+
+    settings = resolve(RewardLambdaSettings, PRESETS, config)
+    if fitting and settings.upper == "stroke_target" and settings.ink_target is None:
+        from ray_bilevel.tasks.reward_lambda.calibration import calibration_path
+        from ray_bilevel.tasks.reward_lambda.stroke_target import write_stroke_target
+
+        record = stroke_target_record(config, seeds, args.pool, command)
+        target_path = calibration_path(settings.model_path or None)
+        write_stroke_target(target_path, record)
+        print(f"stroke target for {record['conditions']['prompt']!r}: ink_target = {record['ink_target']:g} "
+              f"(q0.95 {record['provenance']['ink_q95']:.2f}); written to {target_path}", flush=True)
+    if args.stroke_target and not args.calibrate:
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial.pt")
     result = run(config, args.pool, args.min_ess, partial, args.budget_s, seeds=seeds, split=split, lams=lams)
-    command = "python benchmarks/lambda_problem.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result["command"] = command
     if args.calibrate:
         result["calibration"]["written_to"] = str(write_calibration_entry(result, command))

@@ -12,6 +12,7 @@ from ray_bilevel.tasks import Task, get_task, register_task
 
 __version__ = "0.1.0"
 __all__ = ["BilevelTrainable", "FixedHyperTrainable", "ConfigError", "Task", "get_task", "register_task"]
+__all__ += ["ScheduleLearner", "ScheduleLearnerConfig"]  # a learnable noise schedule in your own training loop
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from ray_bilevel import tune as _tune
 
         return getattr(_tune, name)
+    if name in ("ScheduleLearner", "ScheduleLearnerConfig"):
+        from ray_bilevel import schedule_learner
+
+        return getattr(schedule_learner, name)
     raise AttributeError(f"module 'ray_bilevel' has no attribute {name!r}")

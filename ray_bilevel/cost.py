@@ -152,8 +152,10 @@ def _batch_size(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
 
 
 def _slice(value: Any, n: int) -> Any:
+    """One sample of a batch argument, detached: the measurement runs without grad, and the counter's module tracking
+    cannot follow an input that requires grad (a network first called inside a gradient computation)."""
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
-        return value[:1]
+        return value[:1].detach()
     return value
 
 

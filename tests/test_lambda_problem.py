@@ -154,7 +154,8 @@ def test_tilted_means_match_lambda_statistics():
 
 def test_write_calibration_replaces_the_entry_with_the_same_conditions(tmp_path):
     path = tmp_path / CALIBRATION_FILE
-    cond = {"reward": "ink", "y_star": 100.0, "target": "fixed", "reduction": "sum", "cfg_scale": 1.0, "steps": 4}
+    cond = {"prompt": "a handwritten 7", "reward": "ink", "y_star": 100.0, "target": "fixed", "reduction": "sum",
+            "cfg_scale": 1.0, "steps": 4}  # an entry names its prompt (entries of other prompts are never used)
     dev = {"provenance": {"fitted_on": {"split": "val", "seeds": [100, 101]}}}  # development data (tests/test_splits.py)
     write_calibration(path, {"conditions": cond, "beta0": 0.01, **dev})
     write_calibration(path, {"conditions": {**cond, "y_star": 50.0}, "beta0": 0.02, **dev})
@@ -168,9 +169,10 @@ def test_write_calibration_replaces_the_entry_with_the_same_conditions(tmp_path)
 
     for name in ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"):
         shutil.copy(COND_UNET_DIR / name, tmp_path / name)
-    assert RewardLambdaTask({**SMOKE, "model_path": str(tmp_path)}).beta0 == 0.011
-    assert RewardLambdaTask({**SMOKE, "model_path": str(tmp_path), "steps": 40}).beta0 == 0.005
-    assert RewardLambdaTask({**SMOKE, "model_path": str(tmp_path), "y_star": 50.0}).beta0 == 0.02
+    mine = {**SMOKE, "model_path": str(tmp_path), "ink_target": 18.0}  # this folder records no stroke target
+    assert RewardLambdaTask(mine).beta0 == 0.011
+    assert RewardLambdaTask({**mine, "steps": 40}).beta0 == 0.005
+    assert RewardLambdaTask({**mine, "y_star": 50.0}).beta0 == 0.02
 
 
 # -- the numbers (slow) -----------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ def _config(folders, **extra):
     sd, clip = folders
     return {"preset": "smoke", "model": "sd", "sd_model": sd, "clip_model": clip, "alignment": "clip",
             "prompt": "A fox", "height": 32, "width": 32, "cfg_scale": 7.5, "steps": 3, "guide_batch": 2,
-            "pool_size": 6, "ref_samples": 6, "final_inception": False, "beta0": 1.0, "y_star": 10.0, **extra}
+            "pool_size": 6, "ref_samples": 6, "final_inception": False, "beta0": 1.0, "y_star": 10.0,
+            "ink_target": 18.0, **extra}  # Stable Diffusion has no calibration file: the stroke target is explicit
 
 
 def test_bilevel_and_fixed_trials_on_tiny_stable_diffusion(folders):
@@ -53,3 +54,18 @@ def test_bilevel_and_fixed_trials_on_tiny_stable_diffusion(folders):
     for _ in range(ws.lower_budget):
         ws.lower_step()
     assert math.isfinite(ws.evaluate()["alignment_val"])
+
+
+def test_a_stable_diffusion_folder_as_model_diffusers_with_a_user_upper_score(folders):
+    """``model="diffusers"`` on a Stable Diffusion folder: the SD backend; a user's upper score needs no CLIP."""
+    sd, _ = folders
+
+    def spread(images, prompts):  # no gradient needed for the upper score
+        return torch.as_tensor([float(x.std()) for x in images.detach()])
+
+    task = RewardLambdaTask({"preset": "smoke", "model": "diffusers", "model_path": sd, "prompt": "A fox",
+                             "upper": spread, "height": 32, "width": 32, "steps": 3, "guide_batch": 2, "pool_size": 6,
+                             "ref_samples": 6, "final_inception": False, "beta0": 1.0, "y_star": 10.0})
+    assert type(task.backend).__name__ == "SDBackend" and task.backend.image_shape == (3, 32, 32)
+    assert math.isfinite(task.hyper_step()["hypergrad"])
+    assert task.backend.user_score_info()["upper"]["differentiable"] is False

@@ -293,6 +293,19 @@ def test_calibration_reads_only_the_validation_noise_of_development_seeds(monkey
     assert "--calibrate" in prov["command"] and "commit" in prov and entry["beta0"] > 0
     task = RewardLambdaTask({"preset": "smoke", "seed": 0, "model_path": str(tmp_path)})
     assert task.beta0 == entry["beta0"]
+    # another prompt gets its own β0 and stroke target, from the same development data, keyed by its prompt
+    from ray_bilevel.tasks.reward_lambda.stroke_target import load_stroke_targets
+
+    lp.main([*CALIBRATION_ARGS, "--calibrate", "--seeds", "100-101", "--set", f"model_path={tmp_path}",
+             "--set", "prompt=a handwritten 3", "--out", str(tmp_path / "cal3.json")])
+    entries = {e["conditions"]["prompt"]: e for e in load_calibrations(calibration_path(tmp_path))}
+    targets = {r["conditions"]["prompt"]: r for r in load_stroke_targets(calibration_path(tmp_path))}
+    assert set(entries) == set(targets) == {"a handwritten 7", "a handwritten 3"} and entries["a handwritten 7"] == entry
+    for record in (*entries.values(), *targets.values()):
+        assert min(record["provenance"]["fitted_on"]["seeds"]) >= MIN_DEVELOPMENT_SEED
+    three = RewardLambdaTask({"preset": "smoke", "seed": 0, "model_path": str(tmp_path), "prompt": "a handwritten 3"})
+    assert three.beta0 == entries["a handwritten 3"]["beta0"]
+    assert three.cfg.ink_target == targets["a handwritten 3"]["ink_target"]
     with pytest.raises(SplitReadError):  # the guard is real: the F(λ) table on the test noise reads the test split
         lp.run({"preset": "smoke", "beta0": 0.01}, 48, 4.0, tmp_path / "t.pt", seeds=[0], split="test",
                lams=[0.4642, 4.642])
@@ -324,8 +337,9 @@ def test_calibration_entries_fitted_on_test_or_benchmark_seeds_are_refused(tmp_p
 
     for name in ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"):
         shutil.copy(COND_UNET_DIR / name, tmp_path / name)
-    cond = {"reward": "ink", "y_star": 100.0, "target": "fixed", "reduction": "sum", "cfg_scale": 1.0, "steps": 4}
-    config = {"preset": "smoke", "seed": 0, "model_path": str(tmp_path)}
+    cond = {"prompt": "a handwritten 7", "reward": "ink", "y_star": 100.0, "target": "fixed", "reduction": "sum",
+            "cfg_scale": 1.0, "steps": 4}
+    config = {"preset": "smoke", "seed": 0, "model_path": str(tmp_path), "ink_target": 18.0}
     for fitted in ({"split": "test", "seeds": [100]}, {"split": "val", "seeds": [0]}, {"split": "val", "seeds": [99, 100]}):
         write_calibration(tmp_path / CALIBRATION_FILE,
                           {"conditions": cond, "beta0": 0.01, "provenance": {"fitted_on": fitted}})

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["penalty_hypergradient", "penalty_combine", "penalty_lower_objective"]
+__all__ = ["penalty_hypergradient", "penalty_combine", "penalty_lower_objective", "penalty_signal"]
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -30,6 +30,16 @@ def penalty_combine(
     if gamma <= 0:
         raise ValueError(f"the penalty constant gamma must be > 0, got gamma={gamma}.")
     return grad_x_f_z + gamma * (grad_x_g_z - grad_x_g_y)
+
+
+def penalty_signal(upper: torch.Tensor, h_z: torch.Tensor, h_y: torch.Tensor, gamma: float) -> dict[str, float]:
+    """The two terms of ∇F_γ(x) = ĝ_x + γ (h_z − h_y) (eq. 4/15): ``hypergrad_upper_norm`` = ‖ĝ_x‖,
+    ``hypergrad_penalty_norm`` = ‖γ (h_z − h_y)‖ and ``hypergrad_cosine`` = their cosine (0 if either is 0)."""
+    a = upper.to(torch.float64).flatten()
+    b = (gamma * (h_z - h_y)).to(torch.float64).flatten()
+    na, nb = float(a.norm()), float(b.norm())
+    cos = float(a @ b) / (na * nb) if na > 0 and nb > 0 else 0.0
+    return {"hypergrad_upper_norm": na, "hypergrad_penalty_norm": nb, "hypergrad_cosine": cos}
 
 
 def penalty_lower_objective(f: Objective, g: Objective, x: torch.Tensor, z: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ test split). With fewer samples than feature dimensions the fake covariance is s
 Σ̂ = (1 − ρ) S + ρ (tr S / d) I (the rule of :func:`ray_bilevel.metrics.fid.feature_stats`), or replaced by its
 diagonal (``covariance="diagonal"``). Everything after the features is float64.
 
-:func:`penalty_signal` splits the hypergradient estimate ∇F_γ(q) = ĝ_q + γ (h_z − h_y) into its two terms
+:func:`penalty_signal` (defined in :mod:`ray_bilevel.estimators.penalty`, re-exported here) splits the hypergradient estimate ∇F_γ(q) = ĝ_q + γ (h_z − h_y) into its two terms
 (reported per bilevel step as ``hypergrad_upper_norm``, ``hypergrad_penalty_norm``, ``hypergrad_cosine``).
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 
 from ray_bilevel.diffusion import ddim_sample, score_matching_loss
+from ray_bilevel.estimators.penalty import penalty_signal
+from ray_bilevel.estimators.schedule_step import copy_with_moments_, draw_t_noise
 
 if TYPE_CHECKING:  # pragma: no cover
     from ray_bilevel.metrics.fid import FeatureStats
@@ -146,26 +148,6 @@ def surrogate_for(task: Any) -> SurrogateFID:
     return s
 
 
-def penalty_signal(upper: Tensor, h_z: Tensor, h_y: Tensor, gamma: float) -> dict[str, float]:
-    """The two terms of ∇F_γ(q) = ĝ_q + γ (h_z − h_y) (eq. 4/15): ``hypergrad_upper_norm`` = ‖ĝ_q‖,
-    ``hypergrad_penalty_norm`` = ‖γ (h_z − h_y)‖ and ``hypergrad_cosine`` = their cosine (0 if either is 0)."""
-    a = upper.to(torch.float64).flatten()
-    b = (gamma * (h_z - h_y)).to(torch.float64).flatten()
-    na, nb = float(a.norm()), float(b.norm())
-    cos = float(a @ b) / (na * nb) if na > 0 and nb > 0 else 0.0
-    return {"hypergrad_upper_norm": na, "hypergrad_penalty_norm": nb, "hypergrad_cosine": cos}
-
-
-@torch.no_grad()
-def copy_with_moments_(dst: torch.nn.Module, opt_dst: torch.optim.Optimizer, src: torch.nn.Module,
-                       opt_src: torch.optim.Optimizer) -> None:
-    """Copy ``src``'s weights into ``dst`` in place (``opt_dst`` keeps pointing at ``dst``'s live tensors) together with
-    ``opt_src``'s per-parameter state (AdamW moments and step): a fresh Adam's first step moves every weight by ~lr."""
-    for pd, ps in zip(dst.parameters(), src.parameters()):
-        pd.copy_(ps)
-        opt_dst.state[pd] = {k: v.clone() if torch.is_tensor(v) else v for k, v in opt_src.state[ps].items()}
-
-
 def reference_network(task: Any) -> torch.nn.Module:
     """The network whose ∇_q SM is h_y in eq. (4): y, or — for ``z_fid_grad="surrogate"`` with ``surrogate_reference``
     — y' = y plus the same score-matching steps as z (same minibatch, t, ε and AdamW state), built by
@@ -198,7 +180,7 @@ def surrogate_penalty_steps(task: Any, alphas: Tensor, x0: Tensor, gamma: float)
     out = {"z_surrogate_before": float(sur(task.z, alphas, check, grad=False))}
     losses, values = [], []
     for _ in range(c.inner_z):
-        t, eps = task._draw_t_noise(x0, gen)
+        t, eps = draw_t_noise(x0, c.T, gen)
         loss = score_matching_loss(task.z, x0, alphas, t=t, noise=eps)
         value = sur(task.z, alphas, noise(c.surrogate_samples))
         task.opt_z.zero_grad(set_to_none=True)

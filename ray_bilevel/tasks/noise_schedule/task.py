@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, ClassVar
@@ -36,8 +35,13 @@ import torch
 from ray_bilevel.config import ConfigError, resolve
 from ray_bilevel.diffusion import EMA, build_unet, ddim_sample, initial_noise, score_matching_loss
 from ray_bilevel.estimators.flat import add_flat_to_grads_, zo_gradient_of_parameters
-from ray_bilevel.estimators.penalty import penalty_combine
-from ray_bilevel.estimators.zeroth_order import coordinate_zo, zo_gradient
+from ray_bilevel.estimators.schedule_step import (
+    ScheduleStepper,
+    copy_with_moments_,
+    draw_t_noise,
+    schedule_sm_gradients,
+    sm_step,
+)
 from ray_bilevel.schedules import NAMES, NoiseSchedule, alphas_cumprod_from
 from ray_bilevel.space import Budget, SearchSpace
 from ray_bilevel.tasks.base import Task
@@ -45,12 +49,7 @@ from ray_bilevel.tasks.noise_schedule import settings
 from ray_bilevel.tasks.noise_schedule.evaluation import UpperMetrics, abar_report
 from ray_bilevel.tasks.noise_schedule.exports import write_exports
 from ray_bilevel.tasks.noise_schedule.settings import NoiseScheduleSettings
-from ray_bilevel.tasks.noise_schedule.surrogate import (
-    copy_with_moments_,
-    penalty_signal,
-    reference_network,
-    surrogate_penalty_steps,
-)
+from ray_bilevel.tasks.noise_schedule.surrogate import reference_network, surrogate_penalty_steps
 
 __all__ = ["NoiseScheduleTask"]
 
@@ -100,10 +99,10 @@ class NoiseScheduleTask(Task):
         self.z = copy.deepcopy(self.y)  # a second, separate network (docs/algorithms.md §3.4)
         self.opt_y = torch.optim.AdamW(self.y.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.opt_z = torch.optim.AdamW(self.z.parameters(), lr=cfg.lr_z, weight_decay=cfg.weight_decay)
-        self.opt_q = torch.optim.Adam(
-            [{"params": [getattr(self.schedule, n)], "lr": getattr(cfg, f"lr_{n}"), "name": n} for n in NAMES],
-            weight_decay=0.0,
-        )
+        # the schedule's hypergradient step (ZO estimate, eq. 4/15, Adam, projection) is shared with ScheduleLearner
+        self.stepper = ScheduleStepper(self.schedule, {n: getattr(cfg, f"lr_{n}") for n in NAMES}, cfg.zo_q_estimator,
+                                       cfg.zo_mu, cfg.zo_directions, label="noise_schedule")
+        self.opt_q = self.stepper.opt
         self.ema = EMA(self.y, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.gens = {k: torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i, k in enumerate(("lower", "penalty", "hyper", "zo"), 1)}
         self.eval_noise = initial_noise(cfg.eval_samples, self.shape, cfg.eval_seed + 7919 * cfg.seed)
@@ -113,7 +112,6 @@ class NoiseScheduleTask(Task):
         self.outer_done = 0
         self.bilevel_steps = 0
         self.trajectory: list[dict[str, float]] = []
-        self.projected: list[str] = []
 
     # -- the upper variable ---------------------------------------------------------------
     def hyperparameters(self) -> dict[str, float]:
@@ -171,9 +169,7 @@ class NoiseScheduleTask(Task):
         return float(loss.detach())
 
     def _draw_t_noise(self, x0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.randint(0, self.cfg.T, (x0.shape[0],), generator=gen).to(self.device)
-        noise = torch.randn(x0.shape, generator=gen).to(self.device)
-        return t, noise
+        return draw_t_noise(x0, self.cfg.T, gen)
 
     def lower_step(self) -> dict[str, float]:
         """One AdamW step of y on SM(y; q) at the fixed q (the baselines' unit of work)."""
@@ -226,21 +222,15 @@ class NoiseScheduleTask(Task):
         params = list(self.z.parameters())
         z_losses, zo_norm, fids = [], 0.0, []
         for _ in range(c.inner_z):
-            zo_grad = None
+            add_zo = None
             if c.z_fid_grad == "zo":
                 x_T = self._zo_noise()
                 res = zo_gradient_of_parameters(functools.partial(self._fid, self.z, alphas, x_T), params, c.zo_mu_z,
                                                 c.zo_directions, self.gens["zo"])
-                zo_grad, zo_norm = res.grad, float(res.grad.norm())
+                zo_norm = float(res.grad.norm())
                 fids += res.f_plus + res.f_minus
-            t, noise = self._draw_t_noise(x0, self.gens["penalty"])
-            loss = score_matching_loss(self.z, x0, alphas, t=t, noise=noise)
-            self.opt_z.zero_grad(set_to_none=True)
-            loss.backward()
-            if zo_grad is not None:
-                add_flat_to_grads_(params, zo_grad, alpha=1.0 / gamma)
-            self.opt_z.step()
-            z_losses.append(float(loss.detach()))
+                add_zo = functools.partial(add_flat_to_grads_, params, res.grad, alpha=1.0 / gamma)
+            z_losses.append(sm_step(self.z, self.opt_z, x0, alphas, self.gens["penalty"], before_step=add_zo))
         with torch.no_grad():
             dist = math.sqrt(sum(float((pz - py).pow(2).sum()) for pz, py in zip(self.z.parameters(), self.y.parameters())))
         out = {"z_loss": sum(z_losses) / len(z_losses), "z_zo_grad_norm": zo_norm, "zy_distance": dist}
@@ -249,70 +239,26 @@ class NoiseScheduleTask(Task):
         return out
 
     def _schedule_step(self, x0: torch.Tensor, gamma: float) -> dict[str, float]:
-        """Eq. (4)/(15) divided by gamma: Adam on g_q/gamma + (h_z - h_y), then projection."""
-        c, s = self.cfg, self.schedule
-        params = [getattr(s, n) for n in NAMES]
+        """Eq. (4)/(15) divided by gamma: Adam on g_q/gamma + (h_z - h_y), then projection (the shared
+        :class:`~ray_bilevel.estimators.schedule_step.ScheduleStepper`; draws: hyper stream, then the ZO stream)."""
         t, noise = self._draw_t_noise(x0, self.gens["hyper"])
         h_y, h_z = self.sm_schedule_gradients(x0, t, noise)
-        q0 = s.q.detach()
         x_T = self._zo_noise()
 
         def f(qv: torch.Tensor) -> float:  # common random numbers: x_T, timesteps and features fixed
             return self._fid(self.z, self._alphas_of(qv), x_T)
 
-        if c.zo_q_estimator == "gaussian":
-            res = zo_gradient(f, q0, c.zo_mu, c.zo_directions, self.gens["zo"])
-        else:
-            lower, upper = zip(*(s.bounds[n] for n in NAMES))
-            frozen = [getattr(c, f"lr_{n}") == 0 for n in NAMES]  # a zero hyper learning rate: not probed
-            res = coordinate_zo(f, q0, c.zo_mu, lower, upper, skip=frozen)
-        direction = penalty_combine(res.grad, h_z, h_y, gamma) / gamma  # = g_q/gamma + (h_z - h_y)
-        if not bool(torch.isfinite(direction).all()):
-            raise FloatingPointError(f"non-finite schedule hypergradient {direction.tolist()} at q={q0.tolist()}; lower zo_mu or the hyper learning rates.")
-        self.opt_q.zero_grad(set_to_none=True)
-        for p, g in zip(params, direction):
-            p.grad = g.clone().to(p.dtype)
-        self.opt_q.step()
-        self._project()
-        fids = res.f_plus + res.f_minus
-        full = penalty_combine(res.grad, h_z, h_y, gamma)  # the estimate of grad F_gamma(q), eq. (4)/(15)
-        return {
-            **{f"hypergrad_{n}": float(g) for n, g in zip(NAMES, full)},
-            "hypergrad_norm": float(full.norm()),
-            "zo_grad_norm": float(res.grad.norm()),
-            "penalty_grad_norm": float((h_z - h_y).norm()),
-            **penalty_signal(res.grad, h_z, h_y, gamma),  # hypergrad_{upper,penalty}_norm, hypergrad_cosine
-            "fid_domain_zo": sum(fids) / len(fids),
-        }
+        return self.stepper.step(f, gamma, h_z, h_y, self.gens["zo"], metric="fid_domain")
 
     def sm_schedule_gradients(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_y, h_z) = grad_q SM(y; q), grad_q SM(z; q) on the SAME (x0, t, eps) (docs/algorithms.md §3.4), as (4,) tensors."""
-        params = [getattr(self.schedule, n) for n in NAMES]
-        h = []
-        for net in (reference_network(self), self.z):  # y, or y' = y + z's SM steps (surrogate_reference)
-            loss = score_matching_loss(net, x0, self.schedule.alphas_cumprod().to(self.device), t=t, noise=noise)
-            h.append(torch.stack(torch.autograd.grad(loss, params)).detach().cpu())
-        return h[0], h[1]
+        h_y, h_z = schedule_sm_gradients(self.schedule, (reference_network(self), self.z), x0, t, noise)  # y, or y' (surrogate)
+        return h_y, h_z
 
     def _alphas_of(self, qv: torch.Tensor) -> torch.Tensor:
         """alphas_cumprod of a (perturbed) q without touching the module (ZO probes may leave the bounds)."""
         s = self.schedule
         return alphas_cumprod_from(qv, s.family, s.parameterisation, s.T, s.clip_min).to(self.device)
-
-    def _project(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            before = self.schedule.hyperparameters()
-            after = self.schedule.project_()
-        moved = sorted(n for n in NAMES if before[n] != after[n] and n not in self.projected)
-        if moved:  # warn once per parameter and trial; later clamps are silent but counted in the trajectory
-            self.projected += moved
-            warnings.warn(f"noise_schedule: projected {moved} onto the bounds {[self.schedule.bounds[n] for n in moved]} "
-                          f"(now {after}); widen `bounds` to let them move further.", stacklevel=3)
-        try:
-            self.schedule.check_feasible()
-        except ConfigError as exc:
-            raise FloatingPointError(f"the learned schedule left the feasible set: {exc}") from exc
 
     # -- evaluation ---------------------------------------------------------------------------
     def _eval_model(self) -> torch.nn.Module:
@@ -366,7 +312,7 @@ class NoiseScheduleTask(Task):
             "schedule": {k: v.detach().clone() for k, v in self.schedule.state_dict().items()},
             "gens": {k: g.get_state() for k, g in self.gens.items()}, "perm": self.perm.clone(), "cursor": self.cursor,
             "lower_steps": self.lower_steps, "outer_done": self.outer_done, "bilevel_steps": self.bilevel_steps,
-            "trajectory": [dict(t) for t in self.trajectory], "projected": list(self.projected),
+            "trajectory": [dict(t) for t in self.trajectory], "projected": list(self.stepper.projected),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -390,7 +336,7 @@ class NoiseScheduleTask(Task):
         self.outer_done = int(state["outer_done"])
         self.bilevel_steps = int(state["bilevel_steps"])
         self.trajectory = [dict(t) for t in state["trajectory"]]
-        self.projected = list(state["projected"])
+        self.stepper.projected = list(state["projected"])
 
     def export(self, directory: str) -> None:
         if not hasattr(self, "last_images"):

@@ -12,7 +12,9 @@ class-conditional U-Net and for Stable Diffusion:
 * ``alignment(x)`` — the prompt alignment alone (reported as ``prompt_alignment``);
 * ``r2(x)`` — lower reward (ink or the ResNet-18 synthetic reward), differentiable.
 
-Images are in [-1, 1]. This module never imports ray.
+``reward`` and ``upper`` may also name your own function ``f(images, prompts) -> Tensor[N]`` (an import path
+``"package.module:function"`` or a callable; :mod:`.user_scores`), and ``model="diffusers"`` loads your own pipeline
+folder (:mod:`.diffusers_backend`). Images are in [-1, 1]. This module never imports ray.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 from ray_bilevel.config import ConfigError
 from ray_bilevel.guidance import EpsilonModel, Linearisation, guided_sample
 
-__all__ = ["make_backend", "DigitsBackend", "SDBackend", "resolve_device"]
+__all__ = ["make_backend", "make_r2", "DigitsBackend", "SDBackend", "resolve_device"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -36,14 +38,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _make_r2(name: str, device: torch.device, seed: int) -> torch.nn.Module:
+def make_r2(cfg: Any, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The lower reward r2 of ``cfg.reward``: ink, the ResNet-18 reward, or the user's differentiable function."""
     from ray_bilevel.metrics.rewards import InkReward, ResNetReward
+    from ray_bilevel.tasks.reward_lambda.user_scores import UserScore, is_user_spec
 
+    name = cfg.reward
+    if is_user_spec(name):
+        return UserScore(name, "reward", cfg.prompt, needs_grad=True)
     if name == "ink":
         return InkReward().to(device)
     if name == "resnet18":
-        return ResNetReward(seed=seed).to(device)
-    raise ConfigError(f"unknown reward {name!r}; choose 'ink' or 'resnet18'.")
+        return ResNetReward(seed=cfg.seed).to(device)
+    raise ConfigError(f"unknown reward {name!r}; choose 'ink', 'resnet18' or an import path 'package.module:function'.")
 
 
 class _Backend:
@@ -53,6 +60,7 @@ class _Backend:
     reduction: str
     device: torch.device
     latent_shape: tuple[int, ...]
+    image_shape: tuple[int, ...]  # (C, H, W) of the decoded images the scores see
     scheduler: Any
     decode_is_identity: bool
     digit: int
@@ -62,17 +70,49 @@ class _Backend:
     cost_key: str = ""  # the settings that built it (cost_flops' keys of cached work), set by make_backend
     build_flops: dict[str, float] = {}  # what building it computed (e.g. prompt encodings), booked once per trial
 
-    def _set_upper(self, cfg: Any, alignment: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """r1 from the prompt alignment and ``cfg.upper`` (docs/reward_lambda.md)."""
+    def _set_upper(self, cfg: Any, alignment: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """r1 from the prompt alignment and ``cfg.upper`` (docs/reward_lambda.md); a user's upper function is r1
+        itself, and the alignment too when the backend has none (``alignment=None``)."""
         from ray_bilevel.metrics.rewards import StrokeTargetScore
+        from ray_bilevel.tasks.reward_lambda.user_scores import UserScore, is_user_spec
 
+        if is_user_spec(cfg.upper):
+            self.r1 = UserScore(cfg.upper, "upper", cfg.prompt, needs_grad=False)
+            self.alignment = alignment if alignment is not None else self.r1
+            return
+        if alignment is None:
+            raise ConfigError(f"upper={cfg.upper!r} needs a prompt alignment; this backend has none.")
         self.alignment = alignment
         if cfg.upper == "alignment":
             self.r1 = alignment
         elif cfg.upper == "stroke_target":
             self.r1 = StrokeTargetScore(alignment, cfg.ink_target, cfg.ink_scale).to(self.device)
         else:
-            raise ConfigError(f"unknown upper score {cfg.upper!r}; choose 'stroke_target' or 'alignment'.")
+            raise ConfigError(f"unknown upper score {cfg.upper!r}; choose 'stroke_target', 'alignment' or an import "
+                              "path 'package.module:function'.")
+
+    def probe_user_scores(self) -> None:
+        """Call each user function once on a probe batch, so a wrong one fails before any sampling (:mod:`.user_scores`)."""
+        from ray_bilevel.tasks.reward_lambda.user_scores import UserScore
+
+        for fn in (self.r2, self.r1):
+            if isinstance(fn, UserScore):
+                fn.probe(self.image_shape, self.device)
+
+    def user_score_info(self) -> dict[str, Any]:
+        """Per user function (``reward`` / ``upper``): its name, whether its compute is counted in ``cost_flops`` and
+        whether it is differentiable (recorded with the results)."""
+        from ray_bilevel.tasks.reward_lambda.user_scores import UserScore
+
+        return {fn.key: {"function": fn.name, "flops_counted": fn.counted, "differentiable": fn.differentiable}
+                for fn in (self.r2, self.r1) if isinstance(fn, UserScore)}
+
+    @property
+    def r1_differentiable(self) -> bool:
+        """Whether r1 has a gradient (built-in scores do; a user's upper function only if its probe had one)."""
+        from ray_bilevel.tasks.reward_lambda.user_scores import UserScore
+
+        return not isinstance(self.r1, UserScore) or bool(self.r1.differentiable)
 
     def real_images(self, cfg: Any, split: str) -> torch.Tensor | None:
         """Held-out real images matching the prompt in ``split`` ("val" or "test"), if the backend has any."""
@@ -134,8 +174,9 @@ class DigitsBackend(_Backend):
         self.steps, self.reduction, self.cfg_scale = cfg.steps, cfg.reduction, cfg.cfg_scale
         size = self.unet.config.sample_size
         self.latent_shape = (self.unet.config.in_channels, size, size)
+        self.image_shape = self.latent_shape
         self._class_eps = class_eps_model
-        self.r2 = _make_r2(cfg.reward, self.device, cfg.seed)
+        self.r2 = make_r2(cfg, self.device)
         if cfg.alignment == "class":
             align = ClassAlignment().to(self.device)
             self._set_upper(cfg, lambda x: 100.0 * align(x, self.digit))
@@ -143,6 +184,7 @@ class DigitsBackend(_Backend):
             self._set_upper(cfg, _clip_r1(cfg, self.device))
         else:
             raise ConfigError(f"unknown alignment {cfg.alignment!r}; choose 'class' or 'clip'.")
+        self.probe_user_scores()
 
     def eps_model(self, n: int) -> EpsilonModel:
         labels = torch.full((n,), self.digit, dtype=torch.long, device=self.device)
@@ -170,6 +212,7 @@ class SDBackend(_Backend):
 
     def __init__(self, cfg: Any) -> None:
         from ray_bilevel.sd import VAEDecoder, encode_prompt, load_sd
+        from ray_bilevel.tasks.reward_lambda.user_scores import is_user_spec
 
         self.device = resolve_device(cfg.device)
         self.parts = load_sd(cfg.sd_model, allow_download=cfg.allow_download, device=self.device)
@@ -180,10 +223,15 @@ class SDBackend(_Backend):
         self.decode = VAEDecoder(self.parts.vae)  # type: ignore[method-assign,assignment]  # a module as the decoder
         s = self.parts.vae_scale
         self.latent_shape = (self.parts.unet.config.in_channels, cfg.height // s, cfg.width // s)
-        self.r2 = _make_r2(cfg.reward, self.device, cfg.seed)
-        if cfg.alignment != "clip":
+        self.image_shape = (int(self.parts.vae.config.out_channels), cfg.height, cfg.width)
+        self.r2 = make_r2(cfg, self.device)
+        if is_user_spec(cfg.upper):  # the user's upper score needs no CLIP weights
+            self._set_upper(cfg, None)
+        elif cfg.alignment != "clip":
             raise ConfigError("the Stable Diffusion backend scores alignment with CLIP; set alignment='clip'.")
-        self._set_upper(cfg, _clip_r1(cfg, self.device))
+        else:
+            self._set_upper(cfg, _clip_r1(cfg, self.device))
+        self.probe_user_scores()
 
     def eps_model(self, n: int) -> EpsilonModel:
         return EpsilonModel(self.parts.unet, {"encoder_hidden_states": self.cond},
@@ -211,8 +259,13 @@ def make_backend(cfg: Any) -> _Backend:
                 backend: _Backend = DigitsBackend(cfg)
             elif cfg.model == "sd":
                 backend = SDBackend(cfg)
+            elif cfg.model == "diffusers":
+                from ray_bilevel.tasks.reward_lambda.diffusers_backend import make_diffusers_backend
+
+                backend = make_diffusers_backend(cfg)
             else:
-                raise ConfigError(f"unknown model {cfg.model!r}; choose 'digits' (offline, shipped) or 'sd' (Stable Diffusion).")
+                raise ConfigError(f"unknown model {cfg.model!r}; choose 'digits' (offline, shipped), 'sd' (Stable "
+                                  "Diffusion) or 'diffusers' (your pipeline folder in model_path).")
         backend.cost_key = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
         backend.build_flops = dict(built.by_network)
         if len(_CACHE) >= 4:

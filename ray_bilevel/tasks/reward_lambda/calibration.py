@@ -10,12 +10,18 @@ term ``∇_{z_t} r2(û_0)/λ``. Algorithm 5 with a fixed target y* adds ``−β 
 ∇_{z_t} r2(û_0)``. The two agree when ``β (y* − r2) = 1/λ``, i.e. ``β = β0/λ`` with ``β0 ≈ 1/(y* − E[r2])`` as long
 as y* lies far above the rewards the sampler reaches (ink: y* = 100, E[r2] ≈ 13-25, so β0 ≈ 0.011-0.013).
 
-**Calibration.** The approximation is first order, so β0 is fitted once per model, reward and target: the guided
+**Calibration.** The approximation is first order, so β0 is fitted once per model, reward, prompt and target: the guided
 mean of r2 measured on a λ sweep at a probe β0 (:func:`fit_beta0`, least squares) is matched to the importance-weighted prediction
 ``E_{p*_λ}[r2] = Σ_i softmax(r2/λ)_i r2_i`` over pre-trained samples, at the λ where the prediction is reliable
 (effective sample size of the weights large enough). ``benchmarks/lambda_problem.py --calibrate`` fits it and writes
 :data:`CALIBRATION_FILE` next to the model; a task with ``beta0=None`` (the offline default) reads it
 (:func:`resolve_beta0`).
+
+**What an entry is for.** The file sits next to the model (the shipped one, or the folder of ``model="diffusers"``),
+so an entry belongs to that model; it is used only for the same reward (the built-in name, or the user function's
+import path), the same prompt (:func:`entry_prompt`; the digits model compares the digit the prompt names, so
+"a handwritten seven" uses the 7's entry and "a handwritten 3" never does) and equal :data:`MATCH_KEYS`, at the
+nearest number of sampler steps. Anything else is refused with the command that fits it (:func:`calibration_command`).
 
 **Data.** β0 is a hand-chosen constant of every λ method, so it is fitted on development seeds (>= 100) and the
 validation noise only (:mod:`ray_bilevel.protocol`); each entry records the split and seeds it was fitted on
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,8 +43,9 @@ import torch
 from ray_bilevel.config import ConfigError
 from ray_bilevel.protocol import MIN_DEVELOPMENT_SEED, TUNING_SPLIT
 
-__all__ = ["CALIBRATION_FILE", "MATCH_KEYS", "STEPS_KEY", "calibration_path", "load_calibrations", "find_calibration",
-           "provenance_problem", "resolve_beta0", "tilted_means", "derived_beta0", "fit_beta0", "write_calibration"]
+__all__ = ["CALIBRATION_FILE", "MATCH_KEYS", "STEPS_KEY", "calibration_path", "load_calibrations", "entry_prompt",
+           "same_prompt", "find_calibration", "calibration_command", "provenance_problem", "resolve_beta0",
+           "tilted_means", "derived_beta0", "fit_beta0", "write_calibration"]
 
 #: The calibration record, next to the model's ``config.json`` (shipped: ``assets/cond_unet_mnist16/``).
 CALIBRATION_FILE = "guidance_calibration.json"
@@ -46,10 +54,14 @@ MATCH_KEYS = ("reward", "y_star", "target", "reduction", "cfg_scale")
 #: Among matching entries the one fitted at the nearest number of sampler steps is used (β0 depends on it: the
 #: shipped model needs 0.0075 at 20 DDIM steps, 0.013 at 4).
 STEPS_KEY = "steps"
+#: The models whose folder holds a calibration file (Stable Diffusion by hub name has none: set beta0).
+CALIBRATED_MODELS = ("digits", "diffusers")
+#: The probe β0 the calibration command starts from (the shipped calibration's).
+PROBE_BETA0 = 0.01
 
 
 def calibration_path(model_path: str | Path | None = None) -> Path:
-    """The calibration file of the digits model in ``model_path`` ("" or None: the shipped model)."""
+    """The calibration file of the model in ``model_path`` ("" or None: the shipped digits model)."""
     if model_path:
         return Path(model_path) / CALIBRATION_FILE
     from ray_bilevel.assets.cond_unet import COND_UNET_DIR
@@ -66,10 +78,38 @@ def load_calibrations(path: str | Path) -> list[dict[str, Any]]:
     return list(record.get("entries", []))
 
 
+def entry_prompt(entry: Mapping[str, Any]) -> str | None:
+    """The prompt an entry was fitted for: ``conditions.prompt``, else (entries before issue #23)
+    ``provenance.fitted_on.prompt``; None when it records none (such an entry matches no prompt)."""
+    prompt = entry.get("conditions", {}).get("prompt")
+    if prompt is None:
+        prompt = entry.get("provenance", {}).get("fitted_on", {}).get("prompt")
+    return None if prompt is None else str(prompt)
+
+
+def same_prompt(have: str | None, want: str, model: str) -> bool:
+    """Whether a record's prompt ``have`` is the task's ``want``: the same digit for the digits model, else the same
+    text (whitespace and case aside)."""
+    if have is None:
+        return False
+    if model == "digits":
+        from ray_bilevel.metrics.alignment import prompt_to_class
+
+        try:
+            return prompt_to_class(have) == prompt_to_class(want)
+        except ConfigError:
+            return False
+    return " ".join(have.split()).lower() == " ".join(str(want).split()).lower()
+
+
 def _matches(entry: Mapping[str, Any], cfg: Any) -> bool:
+    from ray_bilevel.tasks.reward_lambda.user_scores import spec_name
+
     cond = entry.get("conditions", {})
+    if not same_prompt(entry_prompt(entry), cfg.prompt, cfg.model):
+        return False
     for key in MATCH_KEYS:
-        want = getattr(cfg, key)
+        want = spec_name(cfg.reward) if key == "reward" else getattr(cfg, key)
         have = cond.get(key)
         if isinstance(want, float) or isinstance(have, float):
             if have is None or not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12):
@@ -85,9 +125,9 @@ def _steps_distance(entry: Mapping[str, Any], steps: int) -> float:
 
 
 def find_calibration(cfg: Any) -> dict[str, Any] | None:
-    """The calibration entry for ``cfg`` (digits model only): matching :data:`MATCH_KEYS` exactly, fitted at the
-    nearest number of sampler steps (in log); None if no entry matches."""
-    if cfg.model != "digits":
+    """The calibration entry for ``cfg`` (a model with a folder: :data:`CALIBRATED_MODELS`): the same prompt and reward,
+    :data:`MATCH_KEYS` equal, fitted at the nearest number of sampler steps (in log); None if no entry matches."""
+    if cfg.model not in CALIBRATED_MODELS:
         return None
     found = [e for e in load_calibrations(calibration_path(cfg.model_path)) if _matches(e, cfg)]
     return min(found, key=lambda e: _steps_distance(e, cfg.steps)) if found else None
@@ -112,26 +152,52 @@ def resolve_beta0(cfg: Any) -> tuple[float, str]:
 
     Raises ConfigError if there is no matching entry or the entry was fitted on the test split or benchmark seeds;
     warns if the entry does not record its split and seeds."""
+    from ray_bilevel.tasks.reward_lambda.user_scores import spec_name
+
     if cfg.beta0 is not None:
         return float(cfg.beta0), "setting"
     entry = find_calibration(cfg)
-    where = calibration_path(cfg.model_path) if cfg.model == "digits" else f"model={cfg.model!r}"
+    where = calibration_path(cfg.model_path) if cfg.model in CALIBRATED_MODELS else f"model={cfg.model!r}"
     if entry is None:
+        wanted = {"prompt": cfg.prompt, **{k: getattr(cfg, k) for k in MATCH_KEYS}, "reward": spec_name(cfg.reward)}
         raise ConfigError(
             f"beta0=None asks for the calibrated guidance strength, but {where} has no calibration for "
-            f"{ {k: getattr(cfg, k) for k in MATCH_KEYS} }; set beta0 explicitly or fit one with "
-            "`python benchmarks/lambda_problem.py --calibrate` (docs/reward_lambda.md).")
+            f"{wanted}; set beta0 explicitly or fit one with `{calibration_command(cfg)}` "
+            "(development seeds, validation split; docs/reward_lambda.md).")
     fitted = entry.get("conditions", {}).get(STEPS_KEY)
     note = "" if fitted in (None, cfg.steps) else f", fitted at steps={fitted}, used at steps={cfg.steps}"
     problem = provenance_problem(entry)
     if problem is not None:
-        text = (f"the calibration in {where} for steps={fitted} {problem[0]}; refit it with `python "
-                "benchmarks/lambda_problem.py --calibrate --seeds 100-104` (validation split) or set beta0 explicitly.")
+        text = (f"the calibration in {where} for steps={fitted} {problem[0]}; refit it with "
+                f"`{calibration_command(cfg)}` (validation split) or set beta0 explicitly.")
         if problem[1]:
             raise ConfigError(text)
         warnings.warn(text, UserWarning, stacklevel=3)
         note += ", unrecorded data"
     return float(entry["beta0"]), f"calibrated ({CALIBRATION_FILE}{note})"
+
+
+#: Settings the calibration command passes on when they differ from the quick preset (what an entry is keyed by).
+_COMMAND_KEYS = ("model", "model_path", "prompt", "reward", "upper", "ink_target", "alignment", "steps", "cfg_scale",
+                 "y_star", "target", "reduction", "device")
+
+
+def calibration_command(cfg: Any) -> str:
+    """The command that fits β0 (and the stroke target, :mod:`.stroke_target`) for ``cfg`` on development seeds and
+    the validation split: ``benchmarks/lambda_problem.py --calibrate`` with every keyed setting that differs from
+    the quick preset."""
+    from ray_bilevel.tasks.reward_lambda.settings import PRESETS, RewardLambdaSettings
+    from ray_bilevel.tasks.reward_lambda.user_scores import spec_name
+
+    base = RewardLambdaSettings(**PRESETS["quick"])
+    sets = []
+    for key in _COMMAND_KEYS:
+        value = getattr(cfg, key)
+        if value != getattr(base, key):
+            shown = spec_name(value) if callable(value) else value
+            sets.append("--set " + shlex.quote(f"{key}={shown}"))
+    return " ".join(["python benchmarks/lambda_problem.py --preset quick --calibrate --seeds 100-104",
+                     f"--beta0 {PROBE_BETA0} --repeats 1 --lams 0.4642-100 --pool 2048", *sets])
 
 
 def tilted_means(r2: Any, lam: float, **scores: Any) -> dict[str, float]:
@@ -209,6 +275,7 @@ def write_calibration(path: str | Path, entry: Mapping[str, Any]) -> None:
                        "benchmarks/lambda_problem.py --calibrate on development seeds and the validation noise only "
                        "(provenance.fitted_on).")
     keep = [e for e in record.get("entries", [])
-            if any(e.get("conditions", {}).get(k) != entry["conditions"].get(k) for k in (*MATCH_KEYS, STEPS_KEY))]
+            if entry_prompt(e) != entry_prompt(entry)
+            or any(e.get("conditions", {}).get(k) != entry["conditions"].get(k) for k in (*MATCH_KEYS, STEPS_KEY))]
     record["entries"] = [*keep, dict(entry)]
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ray_bilevel.config import ConfigError
 from ray_bilevel.estimators.entropy_lambda import METHODS
 from ray_bilevel.space import Budget, Param, SearchSpace
+from ray_bilevel.tasks.reward_lambda.user_scores import BUILTIN_REWARDS, BUILTIN_UPPER, check_spec
 
 __all__ = ["RewardLambdaSettings", "WeightedSumSettings", "PRESETS", "WEIGHTED_SUM_PRESETS", "check_settings",
            "lambda_space", "weight_space", "BASELINES", "BUDGETS"]
@@ -19,19 +21,26 @@ class RewardLambdaSettings:
 
     seed: int = 0
     # model and scorers
-    model: Literal["digits", "sd"] = "digits"  # "digits" (shipped class-conditional MNIST U-Net, offline) or "sd" (Stable Diffusion)
-    model_path: str = ""  # digits: a folder with another class-conditional UNet2DModel ("" = shipped)
+    # "digits" (shipped class-conditional MNIST U-Net, offline), "sd" (Stable Diffusion) or "diffusers" (your pipeline
+    # folder in model_path: a UNet2DModel pipeline such as DDPMPipeline, or a Stable Diffusion folder; diffusers_backend.py)
+    model: Literal["digits", "sd", "diffusers"] = "digits"
+    model_path: str = ""  # digits: a folder with another class-conditional UNet2DModel ("" = shipped); diffusers: required
     sd_model: str = "runwayml/stable-diffusion-v1-5"
     allow_download: bool = False
     prompt: str = "a handwritten 7"
-    reward: Literal["ink", "resnet18"] = "ink"  # r2: "ink" or "resnet18"
+    # r2: "ink", "resnet18", or your differentiable f(images, prompts) -> Tensor[N] as "package.module:function" or a
+    # callable (user_scores.py)
+    reward: str | Callable[..., Any] = "ink"
     alignment: Literal["class", "clip"] = "class"  # prompt alignment: "class" (digit classifier) or "clip"
     # the upper score r1 (docs/reward_lambda.md): "stroke_target" = alignment × exp(−½((ink − ink_target)/ink_scale)²),
     # "recognisable AND at the target stroke weight" (offline default: ink, the lower reward, is a proxy that
     # over-optimises, so the best λ is interior); "alignment" = the alignment alone (the paper's problem; offline the
-    # best λ is then λ → ∞, a sanity case)
-    upper: Literal["stroke_target", "alignment"] = "stroke_target"
-    ink_target: float = 18.0  # percent of an inked canvas; pre-trained 7s: mean 12.5, sd 3.1 (95th percentile ≈ 18)
+    # best λ is then λ → ∞, a sanity case); or your f(images, prompts) -> Tensor[N] ("package.module:function" or a
+    # callable; values only, no gradient needed)
+    upper: str | Callable[..., Any] = "stroke_target"
+    # percent of an inked canvas. None: derived for the model and prompt, the 95th percentile of the pre-trained
+    # samples' ink, read from the model's calibration record (calibration.py; the shipped 7s: 18.0, ink 12.5 ± 3.1)
+    ink_target: float | None = None
     ink_scale: float = 3.0  # width of the ink window (r1 falls to 61 % of the alignment one scale off target)
     clip_model: str = "openai/clip-vit-base-patch16"
     dataset: str = "mnist5k"  # real digits for fid_domain_real (held-out split)
@@ -99,8 +108,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _CHOICES = {"method": METHODS, "lam_search": ("gradient", "curve"), "pool": ("fresh", "fixed"), "target": ("fixed", "increment"),
-            "reduction": ("sum", "mean"), "model": ("digits", "sd"), "reward": ("ink", "resnet18"),
-            "alignment": ("class", "clip"), "device": ("cpu", "cuda", "auto"), "upper": ("stroke_target", "alignment")}
+            "reduction": ("sum", "mean"), "model": ("digits", "sd", "diffusers"), "alignment": ("class", "clip"),
+            "device": ("cpu", "cuda", "auto")}
 
 
 def check_settings(cfg: RewardLambdaSettings) -> None:
@@ -117,11 +126,17 @@ def check_settings(cfg: RewardLambdaSettings) -> None:
         raise ConfigError(f"lam={cfg.lam} is below lam_min={cfg.lam_min}; raise lam or lower lam_min.")
     if cfg.beta0 is not None and not (math.isfinite(cfg.beta0) and cfg.beta0 >= 0):
         raise ConfigError(f"beta0 must be a finite number >= 0 (or None: the model's calibration), got {cfg.beta0}.")
-    if not (math.isfinite(cfg.ink_target) and math.isfinite(cfg.ink_scale) and cfg.ink_scale > 0):
-        raise ConfigError(f"ink_target must be finite and ink_scale > 0, got {cfg.ink_target}, {cfg.ink_scale}.")
+    if not ((cfg.ink_target is None or math.isfinite(cfg.ink_target)) and math.isfinite(cfg.ink_scale)
+            and cfg.ink_scale > 0):
+        raise ConfigError(f"ink_target must be finite (or None: derived for the prompt) and ink_scale > 0, got "
+                          f"{cfg.ink_target}, {cfg.ink_scale}.")
     for key, allowed in _CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"reward_lambda setting {key!r} must be one of {list(allowed)}, got {getattr(cfg, key)!r}.")
+    check_spec("reward", cfg.reward, BUILTIN_REWARDS)
+    check_spec("upper", cfg.upper, BUILTIN_UPPER)
+    if cfg.model == "diffusers" and not cfg.model_path:
+        raise ConfigError("model='diffusers' needs model_path, a folder written by pipeline.save_pretrained(DIR).")
 
 
 

@@ -31,6 +31,7 @@ round (the same work as ``lower_step``) and never moves ``w``, so under BilevelT
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zlib
@@ -63,6 +64,7 @@ from ray_bilevel.tasks.reward_lambda.settings import (
     lambda_space,
     weight_space,
 )
+from ray_bilevel.tasks.reward_lambda.stroke_target import resolve_ink_target
 
 __all__ = ["RewardLambdaTask"]
 
@@ -101,6 +103,21 @@ class RewardLambdaTask(Task):
         self.cfg: RewardLambdaSettings = resolve(self.settings_cls, self.presets, config)
         cfg: RewardLambdaSettings = self.cfg
         check_settings(cfg)
+        if cfg.model == "diffusers":  # a wrong model folder or prompt is the more useful error
+            from ray_bilevel.tasks.reward_lambda.diffusers_backend import pipeline_kind
+
+            pipeline_kind(cfg.model_path)
+        elif cfg.model == "digits":
+            from ray_bilevel.metrics.alignment import prompt_to_class
+
+            prompt_to_class(cfg.prompt)
+        # the stroke target of this model and prompt (stroke_target.py), before the backend builds r1 with it
+        try:
+            ink_target, self.ink_target_source = resolve_ink_target(cfg)
+        except ConfigError:
+            make_backend(dataclasses.replace(cfg, upper="alignment"))  # a missing model is the more useful error
+            raise
+        self.cfg = cfg = dataclasses.replace(cfg, ink_target=ink_target)
         self.backend = make_backend(cfg)  # first: a missing model is the more useful error
         self.beta0, self.beta0_source = resolve_beta0(cfg)
         self.lam = float(cfg.lam)
@@ -293,7 +310,7 @@ class RewardLambdaTask(Task):
         c = self.cfg
         out = {f"alignment{suffix}": float(self.backend.score(self.backend.r1, x).mean()),
                f"reward{suffix}": float(self.backend.score(self.backend.r2, x).mean())}
-        if c.upper != "alignment":
+        if self.backend.alignment is not self.backend.r1:  # r1 is more than the prompt alignment
             out[f"prompt_alignment{suffix}"] = float(self.backend.score(self.backend.alignment, x).mean())
         if c.model == "digits" and self._fid_ok(len(x), 64, c.fid_domain_shrinkage):
             out[f"fid_domain{suffix}"] = self._evaluator("domain", split)(x.cpu())
@@ -311,6 +328,8 @@ class RewardLambdaTask(Task):
         ref = self._reference("val")
         out = {"lam": self.lam, "alignment_pretrained_val": float(ref["r1"].mean()),
                "reward_pretrained_val": float(ref["r2"].mean())}
+        if self.cfg.ink_target is not None:  # the stroke target r1 used (derived for the prompt by default)
+            out["ink_target"] = float(self.cfg.ink_target)
         if final:
             while not self._generation_complete():
                 self.lower_step()
@@ -382,6 +401,8 @@ class RewardLambdaTask(Task):
         record = {"task": self.name, "settings": {k: (list(v) if isinstance(v, tuple) else v)
                                                    for k, v in asdict(self.cfg).items()},
                   "beta0": self.beta0, "beta0_source": self.beta0_source,
+                  "ink_target": self.cfg.ink_target, "ink_target_source": self.ink_target_source,
+                  "user_functions": self.backend.user_score_info(),
                   "hyperparameters": self.hyperparameters(), "trajectory": self.trajectory}
         (path / f"{self.name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         x = self._guided_images()

@@ -59,6 +59,10 @@ class WeightedSumTask(RewardLambdaTask):
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__(config)
+        if not self.backend.r1_differentiable:
+            raise ConfigError(f"upper function {self.backend.user_score_info()['upper']['function']!r} is not "
+                              "differentiable, but the weighted-sum baseline guides on (r2 + w·r1)/(1 + w) and needs "
+                              "the gradient of r1; make the upper score differentiable or leave weighted_sum out.")
         if not math.isfinite(self.cfg.w) or self.cfg.w < 0:
             raise ConfigError(f"the weight w must be a finite number >= 0, got w={self.cfg.w}.")
         self.w = float(self.cfg.w)
