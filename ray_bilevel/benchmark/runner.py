@@ -200,6 +200,8 @@ def run_method(
     (without the final evaluation)."""
     from ray import tune
 
+    from ray_bilevel.benchmark.snapshot import StateSnapshot, restore_snapshot
+
     max_concurrent = min(max_concurrent, profile.max_concurrent or max_concurrent)
     seed = int(base.get("seed", cfg.seed))
     spec = build_experiment(task, method, base, metric, mode, trials, profile, seed, max_concurrent)
@@ -221,7 +223,8 @@ def run_method(
     _log(f"{task} / {method} / seed {seed}: {spec.trials} trial(s) of {'BilevelTrainable' if spec.bilevel else 'FixedHyperTrainable'}"
          + (f" + {type(spec.searcher or spec.search_alg).__name__}" if spec.search_alg is not None else "")
          + (f" + {type(spec.scheduler).__name__}" if spec.scheduler is not None else ""))
-    if cfg.resume and tune.Tuner.can_restore(path):
+    # the last whole (experiment, searcher) state pair, not what a killed background copy left (snapshot.py)
+    if cfg.resume and tune.Tuner.can_restore(path) and (is_uri(path) or restore_snapshot(path)):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
@@ -236,7 +239,9 @@ def run_method(
                 # a checkpoint per iteration: failed trials resume from it, PBT exploits it
                 checkpoint_config=tune.CheckpointConfig(
                     checkpoint_at_end=True, checkpoint_frequency=1, num_to_keep=None if spec.scheduler is not None else 2),
-                failure_config=tune.FailureConfig(max_failures=1),
+                # a trial whose actor dies resumes from its last checkpoint, up to 3 times (studies/chaos.py)
+                failure_config=tune.FailureConfig(max_failures=3),
+                callbacks=[] if is_uri(path) else [StateSnapshot(path)],
             ),
         )
     start = float(state.get("start", time.time()))
@@ -345,7 +350,9 @@ def _trial_cost(result: Any, last: Mapping[str, Any]) -> tuple[float, dict[str, 
     exploited another restores the donor's counters with its checkpoint, so its last ``cost_flops`` / ``cpu_s``
     would count the donor's work twice; and a trial restored after a failure spends CPU-s rebuilding that its
     checkpointed ``cpu_s`` does not hold. The split by network is the last report's, scaled to the sum where the two
-    differ (PBT only). Results of older versions (no increments) fall back to the last report's counters."""
+    differ (PBT only). Iterations re-run after a restore count once (counted compute is the same restored or not);
+    their CPU-s count each time (measured). Results of older versions (no increments) fall back to the last
+    report's counters."""
     total = _finite(last.get("cost_flops")) or 0.0
     by_network = {str(k): float(v) for k, v in dict(last.get("cost_flops_by_network") or {}).items()}
     own, cpu = total, _finite(last.get("cpu_s"))
@@ -354,7 +361,11 @@ def _trial_cost(result: Any, last: Mapping[str, Any]) -> tuple[float, dict[str, 
     except Exception:  # noqa: BLE001 - no progress file (e.g. a remote storage URI): the last report's counters
         df = None
     if df is not None and "cost_flops_step" in df.columns:
-        own = float(df["cost_flops_step"].fillna(0.0).sum())
+        # a trial resumed from its checkpoint after a driver kill re-runs (and re-reports) the iterations after it:
+        # the same work, counted once (same iteration, same cumulative count); a PBT exploit's iterations differ
+        counted = df.drop_duplicates(["training_iteration", "cost_flops"], keep="last") \
+            if {"training_iteration", "cost_flops"} <= set(df.columns) else df
+        own = float(counted["cost_flops_step"].fillna(0.0).sum())
     if df is not None and "cpu_s_step" in df.columns:
         cpu = float(df["cpu_s_step"].fillna(0.0).sum())
     if total > 0 and abs(own - total) > 1e-6 * total:
