@@ -13,32 +13,30 @@ not atomically. A driver killed during that copy leaves the experiment folder wi
   already has, or forgets ones it has.
 
 The fix: :class:`StateSnapshot`, a Tune callback, is called by Tune right after each snapshot is written whole to the
-staging folder (``Callback.get_state`` runs after the experiment and searcher states are saved) and copies that
-snapshot's files into ``.ray_bilevel_snapshot-N/`` of the experiment folder, then points
-``ray_bilevel_snapshot.json`` at it with an atomic rename. :func:`restore_snapshot`, called before
-``Tuner.restore``, puts the pointed-to pair back in place of whatever the background copy left. A kill during our
-own copy leaves the pointer at the previous whole snapshot. Local experiment folders only; for a storage URI Tune's
+staging folder (``Callback.get_state`` runs after the experiment and searcher states are saved) and packs that
+snapshot's files into one file of the experiment folder, ``ray_bilevel_snapshot.json``, written whole or not at all
+(a temporary file renamed over it). :func:`restore_snapshot`, called before ``Tuner.restore``, puts the pair back in
+place of whatever the background copy left. A kill during our own write leaves the previous whole snapshot. Local experiment folders only; for a storage URI Tune's
 own copy is all there is (docs/algorithms.md §4, "Resume after a fault").
 """
 from __future__ import annotations
 
-import glob
-import json
+import base64
 import os
 import re
-import shutil
 from typing import Any
 
 from ray.tune import Callback
 
-from ray_bilevel.benchmark.store import atomic_write_json, read_json
+from ray_bilevel.benchmark.store import atomic_write_bytes, atomic_write_json, read_json
 from ray_bilevel.config import ConfigError
 
 __all__ = ["StateSnapshot", "restore_snapshot", "POINTER"]
 
 POINTER = "ray_bilevel_snapshot.json"
+_FORMAT = "ray_bilevel.tune_snapshot/1"
 _STATE = "experiment_state-"
-#: the files of one Tune snapshot: experiment state, the searcher's (random/grid, Searcher-based) and callbacks'
+#: the files of one Tune snapshot: the experiment state and the searcher's (random/grid, or Searcher-based)
 _SNAPSHOT_FILE = re.compile(r"^(experiment_state|basic-variant-state|search_gen_state|searcher-state)-(?P<s>.+)\.(json|pkl)$")
 
 
@@ -57,10 +55,9 @@ class StateSnapshot(Callback):
     def __init__(self, experiment_path: str) -> None:
         self.experiment_path = experiment_path
         self._staging: str | None = None
-        self._index = 0
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: the path only
-        return {"experiment_path": self.experiment_path, "_staging": None, "_index": 0}
+        return {"experiment_path": self.experiment_path, "_staging": None}
 
     def _note_staging(self, trial: Any) -> None:
         storage = getattr(trial, "storage", None)
@@ -75,40 +72,23 @@ class StateSnapshot(Callback):
         self._note_staging(trial)
 
     def get_state(self) -> dict | None:
-        """Called by Tune right after it wrote a whole snapshot to the staging folder: copy it (returns ``None``, so
+        """Called by Tune right after it wrote a whole snapshot to the staging folder: keep it (returns ``None``, so
         Tune writes no callback-state file of ours)."""
         if self._staging and os.path.isdir(self._staging) and os.path.isdir(self.experiment_path):
-            self._copy(self._staging)
+            self._keep(self._staging)
         return None
 
-    def _copy(self, staging: str) -> None:
+    def _keep(self, staging: str) -> None:
         states = sorted(n for n in os.listdir(staging) if n.startswith(_STATE) and n.endswith(".json"))
         if not states:
             return
         session = _session(states[-1])  # the newest session's: the one this driver writes
-        files = [n for n in _snapshot_files(staging) if _session(n) == session]
-        self._index = max(self._index, _last_index(self.experiment_path)) + 1
-        target = os.path.join(self.experiment_path, f".ray_bilevel_snapshot-{self._index}")
-        tmp = target + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        for name in files:
-            shutil.copyfile(os.path.join(staging, name), os.path.join(tmp, name))
-        os.replace(tmp, target)
-        atomic_write_json(os.path.join(self.experiment_path, POINTER), {"folder": os.path.basename(target), "files": files})
-        for old in glob.glob(os.path.join(self.experiment_path, ".ray_bilevel_snapshot-*")):
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
-
-
-def _last_index(experiment_path: str) -> int:
-    pointer = os.path.join(experiment_path, POINTER)
-    if not os.path.exists(pointer):
-        return 0
-    try:
-        return int(str(json.loads(open(pointer).read())["folder"]).rsplit("-", 1)[1])
-    except (OSError, ValueError, KeyError, IndexError):
-        return 0
+        files = {}
+        for name in _snapshot_files(staging):
+            if _session(name) == session:
+                with open(os.path.join(staging, name), "rb") as fh:
+                    files[name] = base64.b64encode(fh.read()).decode("ascii")
+        atomic_write_json(os.path.join(self.experiment_path, POINTER), {"format": _FORMAT, "files": files})
 
 
 def restore_snapshot(experiment_path: str) -> bool:
@@ -123,13 +103,14 @@ def restore_snapshot(experiment_path: str) -> bool:
     pointer = os.path.join(experiment_path, POINTER)
     if os.path.exists(pointer):
         record = read_json(pointer, fix=fix, expect=dict)
-        folder = os.path.join(experiment_path, str(record.get("folder", "")))
-        files = [str(f) for f in record.get("files", [])]
-        if os.path.isdir(folder) and all(os.path.exists(os.path.join(folder, f)) for f in files):
+        files = record.get("files") or {}
+        if record.get("format") == _FORMAT and any(str(n).startswith(_STATE) for n in files):
+            if any(_session(str(n)) is None or os.sep in str(n) for n in files):
+                raise ConfigError(f"{pointer} names files that are not Tune's state ({sorted(files)}); {fix}")
             for name in _snapshot_files(experiment_path):
                 os.unlink(os.path.join(experiment_path, name))
-            for name in files:
-                shutil.copyfile(os.path.join(folder, name), os.path.join(experiment_path, name))
+            for name, data in files.items():
+                atomic_write_bytes(os.path.join(experiment_path, name), base64.b64decode(data))
             return True
     states = sorted(n for n in os.listdir(experiment_path) if n.startswith(_STATE) and n.endswith(".json"))
     if not states:
