@@ -49,7 +49,9 @@ def _old_ddim_sample(model, alphas_cumprod, x_T, steps, *, class_labels=None, cl
         chunks = []
         for i in range(0, x_T.shape[0], batch_size):
             labels = None if class_labels is None else class_labels[i : i + batch_size]
-            chunks.append(_old_ddim_sample(model, alphas_cumprod, x_T[i : i + batch_size], steps, class_labels=labels, **kw))
+            chunks.append(
+                _old_ddim_sample(model, alphas_cumprod, x_T[i : i + batch_size], steps, class_labels=labels, **kw)
+            )
         return torch.cat(chunks)
     T = alphas_cumprod.shape[0]
     ts = _old_ddim_timesteps(T, steps, spacing)
@@ -82,7 +84,10 @@ def _old_digit_call(ext, images: Tensor) -> Tensor:  # DigitExtractor.__call__
     images = _old_check_images(images, "digit_extractor")
     device = next(ext.model.parameters()).device
     return torch.cat(
-        [ext.model.features(images[i : i + ext.batch_size].to(device)).float().cpu() for i in range(0, len(images), ext.batch_size)]
+        [
+            ext.model.features(images[i : i + ext.batch_size].to(device)).float().cpu()
+            for i in range(0, len(images), ext.batch_size)
+        ]
     )
 
 
@@ -135,7 +140,9 @@ def _old_fid_call(ev, fake_images: Tensor) -> float:  # FIDEvaluator.__call__ (+
     if n < dim + 1 and ev.shrinkage == 0.0:
         warnings.warn(f"FID with {n} fake images for {dim}-d features: the covariance is rank-deficient", stacklevel=2)
     with torch.no_grad():
-        feats = torch.cat([ev.extractor(fake_images[i : i + ev.batch_size]) for i in range(0, len(fake_images), ev.batch_size)])
+        feats = torch.cat(
+            [ev.extractor(fake_images[i : i + ev.batch_size]) for i in range(0, len(fake_images), ev.batch_size)]
+        )
     return _old_frechet(ev.real, _old_feature_stats(feats, ev.shrinkage), ev._real_root)
 
 

@@ -7,7 +7,8 @@ Reads RESULTS_DIR/results.json (one row per task, method and seed) and RESULTS_D
 date, machine, ...) and writes: the title, the exact command (run_info's argv unless --command), the commit (with a
 warning when the tree was dirty), date and machine, then the multi-seed report
 (:func:`ray_bilevel.benchmark.report.markdown_report`) and links to the summary plots (drawn from results.json
-when missing, unless --no-plots), relative to the output file's folder (or the current folder when printing).
+when missing, unless --no-plots), relative to the output file's folder (printing: to --link-base, the folder of
+the markdown file that holds the section, e.g. docs/studies; else the current folder).
 """
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def _efficiency(info: dict[str, Any]) -> str | None:
             + (f" (of which {float(info['reused_cpu_s']):.0f} reused from an earlier invocation: --resume)"
                if info.get("reused_cpu_s") else "")
             + f", Σ reporting CPU-s {float(info.get('reporting_cpu_s') or 0):.0f}; utilisation = Σ CPU-s of this "
-            f"invocation / ((wall + start-up) × {cores:g} cores) = {info.get('utilisation')}; {conc} method(s) at a time.")
+            f"invocation / ((wall + start-up) × {cores:g} cores) = {info.get('utilisation')}; {conc} method(s) at a "
+            "time.")
 
 
 def section(results_dir: str, title: str | None = None, command: str | None = None, link_base: str | None = None,
@@ -111,7 +113,9 @@ def section(results_dir: str, title: str | None = None, command: str | None = No
     lines = [f"## {title}\n", "```", command, "```\n"]
     commit_line = f"Commit `{sha}`" if sha else "Commit: not recorded"
     if dirty:
-        commit_line += " — **dirty tree**: the run used uncommitted changes, so this commit does not reproduce it exactly"
+        commit_line += (
+            " — **dirty tree**: the run used uncommitted changes, so this commit does not reproduce it exactly"
+        )
     lines.append(commit_line + ".  ")
     lines.append(f"Date: {info.get('date') or '–'}.  ")
     lines.append(f"Machine: {_machine(info)}.\n")
@@ -142,17 +146,23 @@ def section(results_dir: str, title: str | None = None, command: str | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("results_dir", help="folder written by benchmarks/compare.py (results.json, run_info.json)")
     p.add_argument("--title", default=None, help="section title (default: tasks, preset and number of seeds)")
     p.add_argument("--command", default=None, help="the command to show (default: run_info.json's argv)")
     p.add_argument("--out", default=None, help="write the section to this file instead of printing it")
-    p.add_argument("--no-plots", action="store_true", help="do not draw missing summary plots (existing ones are linked)")
+    p.add_argument("--no-plots", action="store_true", help="do not draw missing summary plots (existing ones are "
+                                                           "linked)")
+    p.add_argument("--link-base", default=None, metavar="DIR",
+                   help="make the plot links relative to DIR, the folder of the markdown file that holds the section "
+                        "(default: --out's folder, else the current folder)")
     a = p.parse_args(argv)
     if not os.path.exists(os.path.join(a.results_dir, "results.json")):
         print(f"benchmarks_md.py: error: no results.json in {a.results_dir}", file=sys.stderr)
         return 2
-    base = os.path.dirname(os.path.abspath(a.out)) if a.out else None
+    base = os.path.dirname(os.path.abspath(a.out)) if a.out else a.link_base and os.path.abspath(a.link_base)
     try:
         text = section(a.results_dir, a.title, a.command, base, plots=not a.no_plots)
     except ConfigError as exc:

@@ -47,7 +47,11 @@ def _loop(steps: int, seed: int, start: Any, out: Any) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     alphas = NoiseSchedule(T=1000).alphas_cumprod().detach()
     g = torch.Generator().manual_seed(seed)
-    x0, t, eps = torch.rand(64, 1, 16, 16, generator=g) * 2 - 1, torch.randint(0, 1000, (64,), generator=g), torch.randn(64, 1, 16, 16, generator=g)
+    x0, t, eps = (
+        torch.rand(64, 1, 16, 16, generator=g) * 2 - 1,
+        torch.randint(0, 1000, (64,), generator=g),
+        torch.randn(64, 1, 16, 16, generator=g),
+    )
 
     def step() -> None:
         loss = score_matching_loss(model, x0, alphas, t=t, noise=eps)
@@ -90,7 +94,9 @@ def measure(procs: int, steps: int, rounds: int, log: Any = print) -> dict[str, 
     rate_solo = statistics.median(steps / w for _, w in solo)
     rate_tog = statistics.median(procs * steps / max(w for _, w in rnd) for rnd in together)
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return {"command": "python benchmarks/core_scaling.py " + " ".join(sys.argv[1:]), "commit": commit,

@@ -250,20 +250,24 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Best λ = {v['best_lam']:.4g} (interior: {v['interior']}); closed-form optimum (argmax of the "
               f"importance-weighted E_p*λ[r1], pool of {result['pool_size']}): λ = {v['closed_form_best_lam']:.3g} "
               f"(predicted r1 {v['closed_form_best_r1']:.1f}, ESS {v['closed_form_best_ess']:.0f}).", "",
-              "| compared with | λ | r1(best) − r1(λ) | intervals disjoint | paired 95 % lower bound | worse (paired) |",
+              "| compared with | λ | r1(best) − r1(λ) | intervals disjoint | paired 95 % lower bound | worse (paired) "
+              "|",
               "|---|---|---|---|---|---|"]
     for ch in v["checks"]:
         lines.append(f"| {ch['role']} | {ch['lam']:.4g} | {ch['diff']:.1f} | {ch['unpaired']} | "
                      f"{ch['paired_low']:.1f} | {ch['paired']} |")
     lines += ["", f"Calibration (pool of {result['pool_size']} pre-trained samples; r1 mean {cal['pool_r1_mean']:.1f}, "
               f"r2 mean {cal['pool_r2_mean']:.2f} ± {cal['pool_r2_std']:.2f} sd, corr(r1, r2) "
-              f"{cal['pool_corr_r1_r2']:.2f}; the guided samples' own noise unguided: r1 {cal['unguided_r1_mean']:.1f}, "
-              f"r2 {cal['unguided_r2_mean']:.2f}). Fit on shifts from the unguided means: β0 used {cal['beta0_used']:.4g}, refit {cal['beta0_fit']:.4g} "
+              f"{cal['pool_corr_r1_r2']:.2f}; the guided samples' own noise unguided: r1 "
+              f"{cal['unguided_r1_mean']:.1f}, "
+              f"r2 {cal['unguided_r2_mean']:.2f}). Fit on shifts from the unguided means: β0 used "
+              f"{cal['beta0_used']:.4g}, refit {cal['beta0_fit']:.4g} "
               f"(per λ: {', '.join(f'{lam:.3g}: {b:.4g}' for lam, b in cal['fit_per_lam'].items())}; ESS ≥ "
               f"{cal['min_ess']:g}), first-order derivation 1/(y* − E[r2]) = {cal['beta0_derived']:.4g}.", "",
               "Δ = measured − predicted; Δ shift = (measured − unguided on the same noise) − (predicted − pool mean), "
               "the same comparison without the difference between the two sample sets' means.", "",
-              "| λ | ESS | predicted r2 | measured r2 | Δ r2 | Δ shift r2 | predicted r1 | measured r1 | Δ r1 | Δ shift r1 |",
+              "| λ | ESS | predicted r2 | measured r2 | Δ r2 | Δ shift r2 | predicted r1 | measured r1 | Δ r1 | Δ "
+              "shift r1 |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["pred_ess"] < 2:

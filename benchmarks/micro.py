@@ -111,11 +111,23 @@ def record(loop: str, times: dict[str, list[float]], old: str, new: str, equal: 
     o, n = statistics.median(times[old]), statistics.median(times[new])
     paired = statistics.median(b / a for a, b in zip(times[old], times[new]))
     group = CURRENT[0] + (":compile" if candidate.startswith("torch.compile") else "")
-    row = {"group": group, "loop": loop, "candidate": candidate or "applied", "old_ms": 1e3 * o, "new_ms": 1e3 * n, "ratio_new_old": n / o,
-           "paired_ratio_median": paired, "speedup": o / n, "reps": len(times[old]),
-           "equal": equal, "note": note, "load_avg": _load()}
+    row = {
+        "group": group,
+        "loop": loop,
+        "candidate": candidate or "applied",
+        "old_ms": 1e3 * o,
+        "new_ms": 1e3 * n,
+        "ratio_new_old": n / o,
+        "paired_ratio_median": paired,
+        "speedup": o / n,
+        "reps": len(times[old]),
+        "equal": equal,
+        "note": note,
+        "load_avg": _load(),
+    }
     ROWS.append(row)
-    eq = "n/a" if equal is None else ("bitwise" if equal["bitwise"] else f"max abs {equal['max_abs']:.2e} (rel {equal['max_rel']:.1e})")
+    eq = "n/a" if equal is None else ("bitwise" if equal["bitwise"] else f"max abs {equal['max_abs']:.2e} (rel "
+                                                                         f"{equal['max_rel']:.1e})")
     print(f"  {loop:<22} {row['candidate']:<34} old {row['old_ms']:9.1f} ms  new {row['new_ms']:9.1f} ms  "
           f"new/old {row['ratio_new_old']:.3f}  ({eq})", flush=True)
     return row
@@ -160,7 +172,10 @@ def bench_train(reps: int, do_compile: bool) -> None:
         def step():
             x0, t, noise = batches[state["i"] % len(batches)]
             if cl:
-                x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
+                x0, noise = (
+                    x0.contiguous(memory_format=torch.channels_last),
+                    noise.contiguous(memory_format=torch.channels_last),
+                )
             loss = loss_fn(fwd, x0, alphas, t=t, noise=noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -178,12 +193,16 @@ def bench_train(reps: int, do_compile: bool) -> None:
 
         def eq(k):  # losses of every step and the parameters after them
             ma, mb = variants["old"][1], variants[k][1]
-            return compare([*variants["old"][2]["losses"], *ma.parameters()], [*variants[k][2]["losses"], *mb.parameters()])
+            return compare(
+                [*variants["old"][2]["losses"], *ma.parameters()], [*variants[k][2]["losses"], *mb.parameters()]
+            )
 
         after = f"values after {reps + 2} steps"
         record("train step (b64)", times, "old", "new", eq("new"))
-        record("train step (b64)", times, "old", "channels_last", eq("channels_last"), "channels_last (model+input)", after)
-        record("train step (b64)", times, "old", "adamw_foreach", eq("adamw_foreach"), "AdamW(foreach=True) [task.py]", after)
+        record("train step (b64)", times, "old", "channels_last", eq("channels_last"), "channels_last "
+                                                                                       "(model+input)", after)
+        record("train step (b64)", times, "old", "adamw_foreach", eq("adamw_foreach"), "AdamW(foreach=True) "
+                                                                                       "[task.py]", after)
         record("train step (b64)", times, "old", "adamw_fused", eq("adamw_fused"), "AdamW(fused=True) [task.py]", after)
     if do_compile:
         t0 = time.perf_counter()
@@ -248,8 +267,17 @@ def _ddim_case(n: int, model: nn.Module, model_cl: nn.Module, alphas: Tensor, re
            note=f"CPU chunks of {diffusion._CPU_CHUNK}" if n > diffusion._CPU_CHUNK else "")
     vs_new = "old ms = the applied code (candidate on top of it)"
     if "inference_mode" in fns:
-        record(name, times, "new", "inference_mode", compare(out["new"], out["inference_mode"]), "+ torch.inference_mode()", vs_new)
-        record(name, times, "new", "channels_last", compare(out["new"], out["channels_last"]), "+ channels_last (model+x_T)", vs_new)
+        record(
+            name,
+            times,
+            "new",
+            "inference_mode",
+            compare(out["new"], out["inference_mode"]),
+            "+ torch.inference_mode()",
+            vs_new,
+        )
+        record(name, times, "new", "channels_last", compare(out["new"], out["channels_last"]), "+ channels_last "
+                                                                                               "(model+x_T)", vs_new)
     for k in [k for k in fns if k.startswith("chunk_old")]:
         record(name, times, "old", k, compare(out["old"], out[k]), f"old code, batch_size={k.rsplit('_', 1)[1]}")
 
@@ -278,7 +306,10 @@ def bench_ddim(reps: int, do_compile: bool, sizes: tuple[int, ...] = (96, 500)) 
         cm = torch.compile(model)
         got = ddim_sample(cm, alphas, x_T, 20)  # the first call compiles (one forward shape, no grad)
         compile_s = time.perf_counter() - t0
-        fns = {"old": lambda: _old_ddim_sample(model, alphas, x_T, 20), "compiled": lambda: ddim_sample(cm, alphas, x_T, 20)}
+        fns = {
+            "old": lambda: _old_ddim_sample(model, alphas, x_T, 20),
+            "compiled": lambda: ddim_sample(cm, alphas, x_T, 20),
+        }
         times = interleave(fns, max(reps, 5), warmup=0)
         o, n = statistics.median(times["old"]), statistics.median(times["compiled"])
         record("ddim 20 steps, n=96", times, "old", "compiled", compare(ref, got), "torch.compile (inductor)",
@@ -306,7 +337,9 @@ def bench_digit(reps: int, do_compile: bool) -> None:
         x = images.clamp(-1.0, 1.0)
         outs = []
         for i in range(0, len(x), 64):
-            outs.append(model_cl.features(model_cl.prepare(x[i : i + 64]).contiguous(memory_format=torch.channels_last)))
+            outs.append(
+                model_cl.features(model_cl.prepare(x[i : i + 64]).contiguous(memory_format=torch.channels_last))
+            )
         return torch.cat(outs)
 
     out: dict[str, Tensor] = {}
@@ -333,7 +366,8 @@ def bench_inception(reps: int, do_compile: bool) -> None:
     times = interleave(fns, reps)
     record("inception features n=64", times, "old", "new", compare(out["old"], out["new"]),
            note=f"backend {ext.backend}; frozen+BN-folded oneDNN copy, chunks of 8")
-    record("inception features n=64", times, "old", "old8", compare(out["old"], out["old8"]), "old network, chunks of 8 (not 32)",
+    record("inception features n=64", times, "old", "old8", compare(out["old"], out["old8"]), "old network, chunks of "
+                                                                                              "8 (not 32)",
            note="the chunk alone")
 
 
@@ -369,7 +403,12 @@ def bench_fid(reps: int, do_compile: bool) -> None:
         for d, n_real, n_fake, shrink in cases:
             real = _features(n_real, d, 0)[:, :, None, None]
             fake = _features(n_fake, d, 1, shift=0.2)[:, :, None, None]
-            _fid_case(FIDEvaluator(_PassThrough(d), real, shrinkage=shrink), fake, n_real, reps if d == 64 else max(3, reps // 2))
+            _fid_case(
+                FIDEvaluator(_PassThrough(d), real, shrinkage=shrink),
+                fake,
+                n_real,
+                reps if d == 64 else max(3, reps // 2),
+            )
 
 
 def _fid_case(ev: Any, fake: Tensor, n_real: int, reps: int) -> None:
@@ -381,7 +420,14 @@ def _fid_case(ev: Any, fake: Tensor, n_real: int, reps: int) -> None:
            note=f"shrinkage={ev.shrinkage}; FID old {out['old']:.6f} new {out['new']:.6f}")
 
 
-BENCHES = {"train": bench_train, "ddim96": bench_ddim96, "ddim500": bench_ddim500, "digit": bench_digit, "inception": bench_inception, "fid": bench_fid}
+BENCHES = {
+    "train": bench_train,
+    "ddim96": bench_ddim96,
+    "ddim500": bench_ddim500,
+    "digit": bench_digit,
+    "inception": bench_inception,
+    "fid": bench_fid,
+}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -390,18 +436,23 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         e = r["equal"]
         eq = "n/a" if e is None else ("bitwise" if e["bitwise"] else f"no: {e['max_abs']:.2e} (rel {e['max_rel']:.1e})")
-        lines.append(f"| {r['loop']} | {r['candidate']} | {r['old_ms']:.1f} | {r['new_ms']:.1f} | {r['ratio_new_old']:.3f} | {eq} | {r['note']} |")
+        lines.append(f"| {r['loop']} | {r['candidate']} | {r['old_ms']:.1f} | {r['new_ms']:.1f} | "
+                     f"{r['ratio_new_old']:.3f} | {eq} | {r['note']} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="benchmark_results/micro.json")
     p.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
-    p.add_argument("--reps", type=int, default=7, help="timed repetitions per variant (ABBA order); heavy loops use fewer")
+    p.add_argument("--reps", type=int, default=7, help="timed repetitions per variant (ABBA order); heavy loops use "
+                                                       "fewer")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 = a Ray worker with num_cpus=1)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compile time)")
-    p.add_argument("--compile-only", action="store_true", help="with --compile: only the torch.compile rows (train, ddim)")
+    p.add_argument("--compile-only", action="store_true", help="with --compile: only the torch.compile rows (train, "
+                                                               "ddim)")
     p.add_argument("--merge", action="store_true",
                    help="keep the rows of other loops already in --out (split a long measurement over several runs)")
     p.add_argument("--render", default=None, metavar="JSON",
@@ -412,15 +463,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     ONLY_COMPILE[0] = args.compile and args.compile_only
-    loops = [y for x in args.loops.split(",") if x.strip() for y in (("ddim96", "ddim500") if x.strip() == "ddim" else (x.strip(),))]
+    loops = [
+        y
+        for x in args.loops.split(",")
+        if x.strip()
+        for y in (("ddim96", "ddim500") if x.strip() == "ddim" else (x.strip(),))
+    ]
     bad = [x for x in loops if x not in BENCHES]
     if bad:
         p.error(f"unknown loops {bad}; choose from {list(LOOPS)}")
     heavy = {"ddim500": max(3, args.reps // 2), "inception": max(2, args.reps // 3)}
-    meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "load_avg_start": _load(), "uptime_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_start": _load(),
+        "uptime_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     print(f"# micro-benchmarks, {torch.get_num_threads()} thread(s), load {meta['load_avg_start']}", flush=True)
     for loop in loops:
         CURRENT[0] = loop
@@ -438,7 +500,12 @@ def main(argv: list[str] | None = None) -> int:
         replaced |= {f"{x}:compile" for x in loops} if args.compile else set()
         kept = [r for r in previous.get("rows", []) if r.get("group") not in replaced]
         runs = [m for m in previous.get("runs", []) if ONLY_COMPILE[0] or set(m.get("loops", [])) - set(loops)] + runs
-        rows = sorted(kept + rows, key=lambda r: LOOPS.index(r["group"].split(":")[0]) if r.get("group", "").split(":")[0] in LOOPS else len(LOOPS))
+        rows = sorted(
+            kept + rows,
+            key=lambda r: (
+                LOOPS.index(r["group"].split(":")[0]) if r.get("group", "").split(":")[0] in LOOPS else len(LOOPS)
+            ),
+        )
     out.write_text(json.dumps({"runs": runs, "rows": rows}, indent=2))
     print()
     print(markdown(rows))

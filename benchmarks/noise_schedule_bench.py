@@ -8,7 +8,8 @@ times measure the methods and not the scheduler:
 * ``bilevel`` — ``hyper_step`` ``outer_budget`` times (the same number of lower-level steps, plus the penalty
   network, the zeroth-order FID probes and the schedule steps).
 
-Each then runs ``evaluate_test()`` (test split; ``_val`` twins on validation): ``fid_domain`` (digit-classifier features, ``eval_samples`` samples),
+Each then runs ``evaluate_test()`` (test split; ``_val`` twins on validation): ``fid_domain`` (digit-classifier
+features, ``eval_samples`` samples),
 Inception ``fid`` and classifier ``is`` (``final_samples`` samples). ``train_s`` is the method's wall time
 (what the 2x target is about); ``eval_s`` the final evaluation. Output: a JSON file and a markdown table::
 
@@ -62,7 +63,8 @@ def run_trial(config: dict[str, Any], bilevel: bool, export_dir: Path | None = N
         torch.save(task.state_dict(), export_dir / "task_state.pt")  # reload with NoiseScheduleTask.load_state_dict
     out = {"config": config, "report": report, "train_s": train_s, "eval_s": eval_s,
            "lower_steps": task.lower_steps, "outer_steps": task.outer_done, "steps": steps}
-    print(f"  {'bilevel' if bilevel else 'default':8s} {json.dumps({k: round(report[k], 4) for k in REPORT_KEYS if k in report})} "
+    print(f"  {'bilevel' if bilevel else 'default':8s} "
+          f"{json.dumps({k: round(report[k], 4) for k in REPORT_KEYS if k in report})} "
           f"(train {train_s:.0f} s, eval {eval_s:.0f} s)", flush=True)
     return out
 
@@ -74,8 +76,13 @@ def _fmt(q: dict[str, float]) -> str:
 def machine() -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
-                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         info["loadavg_1m"] = os.getloadavg()[0]
         with open("/proc/cpuinfo") as fh:

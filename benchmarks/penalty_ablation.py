@@ -31,8 +31,18 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VARIANTS = ("surrogate", "none", "default", "fixed_tau")
-STEP_KEYS = ("hypergrad_upper_norm", "hypergrad_penalty_norm", "hypergrad_cosine", "hypergrad_norm", "z_surrogate_before",
-             "z_surrogate_after", "ref_surrogate_after", "fid_domain_zo", "zy_distance", "zref_distance")
+STEP_KEYS = (
+    "hypergrad_upper_norm",
+    "hypergrad_penalty_norm",
+    "hypergrad_cosine",
+    "hypergrad_norm",
+    "z_surrogate_before",
+    "z_surrogate_after",
+    "ref_surrogate_after",
+    "fid_domain_zo",
+    "zy_distance",
+    "zref_distance",
+)
 
 
 def variant_config(variant: str, args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
@@ -63,34 +73,46 @@ def run_trial(variant: str, seed: int, args: argparse.Namespace) -> dict[str, An
         for k in range(task.outer_budget):
             r = task.hyper_step()
             if "hypergrad_upper_norm" in r:  # a bilevel outer step (not warm-up / cool-down)
-                row = {"outer_step": k + 1, **{key: float(r[key]) for key in STEP_KEYS if key in r}, **task.hyperparameters()}
+                row = {
+                    "outer_step": k + 1,
+                    **{key: float(r[key]) for key in STEP_KEYS if key in r},
+                    **task.hyperparameters(),
+                }
                 steps.append(row)
-                print(f"  {variant} s{seed} outer {k + 1:3d}: " + " ".join(f"{a}={b:.4g}" for a, b in row.items() if a != "outer_step"),
-                      flush=True)
+                print(
+                    f"  {variant} s{seed} outer {k + 1:3d}: "
+                    + " ".join(f"{a}={b:.4g}" for a, b in row.items() if a != "outer_step"),
+                    flush=True,
+                )
     else:
         for _ in range(task.lower_budget):
             task.lower_step()
     train_cpu = time.process_time() - c0
     report = {k: float(v) for k, v in task.evaluate_test(full=False).items()}
     cpu = time.process_time() - c0
-    ratios = [s["hypergrad_penalty_norm"] / s["hypergrad_upper_norm"] for s in steps if s.get("hypergrad_upper_norm", 0) > 0]
+    ratios = [
+        s["hypergrad_penalty_norm"] / s["hypergrad_upper_norm"] for s in steps if s.get("hypergrad_upper_norm", 0) > 0
+    ]
     out = {"variant": variant, "seed": seed, "commit": _commit(), "config": config, "fid_domain": report["fid_domain"],
            "fid_domain_val": report["fid_domain_val"], **task.hyperparameters(), "cpu_s": cpu, "train_cpu_s": train_cpu,
            "lower_steps": task.lower_steps, "bilevel_steps": len(steps), "steps": steps,
            "mean_penalty_ratio": sum(ratios) / len(ratios) if ratios else None,
            "mean_cosine": sum(s["hypergrad_cosine"] for s in steps) / len(steps) if steps else None}
-    print(f"{variant} seed {seed}: fid_domain {out['fid_domain']:.1f} (val {out['fid_domain_val']:.1f}), tau {out['tau']:.3f}, "
+    print(f"{variant} seed {seed}: fid_domain {out['fid_domain']:.1f} (val {out['fid_domain_val']:.1f}), tau "
+          f"{out['tau']:.3f}, "
           f"penalty/upper {out['mean_penalty_ratio']}, cpu {cpu:.0f} s", flush=True)
     return out
 
 
 def table(entries: list[dict[str, Any]]) -> str:
-    rows = ["| variant | seed | fid_domain (test) | fid_domain_val | start | end | tau | eps | mean ‖γ(h_z−h_y)‖/‖ĝ_q‖ | mean cosine | cpu s |",
+    rows = ["| variant | seed | fid_domain (test) | fid_domain_val | start | end | tau | eps | mean ‖γ(h_z−h_y)‖/‖ĝ_q‖ "
+            "| mean cosine | cpu s |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(entries, key=lambda e: (VARIANTS.index(e["variant"]), e["seed"])):
         r = e["mean_penalty_ratio"]
         cs = e["mean_cosine"]
-        rows.append(f"| {e['variant']} | {e['seed']} | {e['fid_domain']:.1f} | {e['fid_domain_val']:.1f} | {e['start']:.3f} | "
+        rows.append(f"| {e['variant']} | {e['seed']} | {e['fid_domain']:.1f} | {e['fid_domain_val']:.1f} | "
+                    f"{e['start']:.3f} | "
                     f"{e['end']:.3f} | {e['tau']:.3f} | {e['eps']:.4f} | {'—' if r is None else f'{r:.3g}'} | "
                     f"{'—' if cs is None else f'{cs:.2f}'} | {e['cpu_s']:.0f} |")
     return "\n".join(rows) + "\n"
@@ -125,7 +147,8 @@ def summary(entries: list[dict[str, Any]]) -> str:
     (its FID and its CPU-seconds: the targets "≤ 0.70 × the default's FID at ≤ 2.0 × its CPU-seconds")."""
     by = {(e["variant"], e["seed"]): e for e in entries}
     seeds = sorted({e["seed"] for e in entries})
-    rows = ["| variant | seeds | fid_domain (test) | fid_domain_val | ÷ default (test, paired) | cpu s | ÷ default cpu | tau | "
+    rows = ["| variant | seeds | fid_domain (test) | fid_domain_val | ÷ default (test, paired) | cpu s | ÷ default cpu "
+            "| tau | "
             "mean ‖γ(h_z−h_y)‖/‖ĝ_q‖ | mean cosine |", "|---|---|---|---|---|---|---|---|---|---|"]
     for v in VARIANTS:
         es = [by[(v, s)] for s in seeds if (v, s) in by]
@@ -133,11 +156,14 @@ def summary(entries: list[dict[str, Any]]) -> str:
             continue
         ratio = [e["fid_domain"] / by[("default", e["seed"])]["fid_domain"] for e in es if ("default", e["seed"]) in by]
         cpu = [e["cpu_s"] / by[("default", e["seed"])]["cpu_s"] for e in es if ("default", e["seed"]) in by]
-        rows.append(f"| {v} | {len(es)} | {_ci([e['fid_domain'] for e in es])} | {_ci([e['fid_domain_val'] for e in es])} | "
+        rows.append(f"| {v} | {len(es)} | {_ci([e['fid_domain'] for e in es])} | "
+                    f"{_ci([e['fid_domain_val'] for e in es])} | "
                     f"{_ci(ratio)} | {_ci([e['cpu_s'] for e in es])} | {_ci(cpu)} | {_ci([e['tau'] for e in es])} | "
                     f"{_ci([e['mean_penalty_ratio'] for e in es])} | {_ci([e['mean_cosine'] for e in es])} |")
     commits = sorted({str(e.get("commit")) for e in entries})
-    return "\n".join(rows) + f"\n\nCommit(s): {', '.join(commits)}; mean ± half-width of the 95 % t interval over seeds.\n"
+    return (
+        "\n".join(rows) + f"\n\nCommit(s): {', '.join(commits)}; mean ± half-width of the 95 % t interval over seeds.\n"
+    )
 
 
 def _render(entries: list[dict[str, Any]]) -> str:
@@ -156,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--surrogate-samples", type=int, default=32)
     p.add_argument("--surrogate-steps", type=int, default=10)
     p.add_argument("--tau", type=float, default=1.4, help="the fixed_tau variant's tau")
-    p.add_argument("--override", default="{}", help='JSON of extra task settings for every variant, e.g. \'{"outer_steps": 15}\'')
+    p.add_argument("--override", default="{}", help='JSON of extra task settings for every variant, e.g. '
+                                                    '\'{"outer_steps": 15}\'')
     p.add_argument("--out", type=Path, default=Path("results/penalty_ablation.json"))
     p.add_argument("--render-only", action="store_true", help="only rewrite the .md tables from --out's JSON")
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
-"""Regenerate the generated blocks of a markdown file (BENCHMARKS.md) from the commands they name.
+"""Regenerate the generated blocks of markdown files (BENCHMARKS.md, docs/studies/*.md) from the commands they name.
 
-    python benchmarks/refresh_md.py BENCHMARKS.md           # rewrite every generated block in place
-    python benchmarks/refresh_md.py BENCHMARKS.md --check   # exit 1 (and print a diff) when a block is stale
+    python benchmarks/refresh_md.py BENCHMARKS.md docs/studies/*.md           # rewrite every generated block in place
+    python benchmarks/refresh_md.py BENCHMARKS.md docs/studies/*.md --check   # exit 1 (and print a diff) when stale
 
 A generated block is delimited by two HTML comments, invisible on GitHub::
 
@@ -11,7 +11,9 @@ A generated block is delimited by two HTML comments, invisible on GitHub::
 
 The command runs from the repository root (``python`` is this interpreter) and must print markdown built from
 committed files only (results JSON), never measure anything: refreshing is cheap and deterministic, so a test can
-check that no table in BENCHMARKS.md was typed or edited by hand.
+check that no table in BENCHMARKS.md or a study of docs/studies/ was typed or edited by hand. A command whose output
+links files (benchmarks_md.py's plots) takes the markdown file's folder as its link base (``--link-base docs/studies``),
+since every command runs from the repository root.
 """
 from __future__ import annotations
 
@@ -56,23 +58,34 @@ def refresh(text: str, cwd: Path = ROOT) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", type=Path, help="markdown file with generated blocks (e.g. BENCHMARKS.md)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", type=Path, nargs="+", metavar="file",
+                   help="markdown files with generated blocks (e.g. BENCHMARKS.md docs/studies/*.md)")
     p.add_argument("--check", action="store_true", help="do not write; exit 1 with a diff if any block is stale")
     a = p.parse_args(argv)
-    old = a.file.read_text()
+    status = 0
+    for file in a.files:
+        status = max(status, _one(file, a.check))
+    return status
+
+
+def _one(file: Path, check: bool) -> int:
+    """Refresh (or ``check``) one file: 0 done or up to date, 1 stale, 2 no generated blocks."""
+    old = file.read_text()
     new, commands = refresh(old, ROOT)
     if not commands:
-        print(f"refresh_md.py: no generated blocks in {a.file}", file=sys.stderr)
+        print(f"refresh_md.py: no generated blocks in {file}", file=sys.stderr)
         return 2
-    if a.check:
+    if check:
         if new != old:
-            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), str(a.file), "regenerated"))
+            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), str(file),
+                                                       "regenerated"))
             return 1
-        print(f"{a.file}: {len(commands)} generated block(s) up to date")
+        print(f"{file}: {len(commands)} generated block(s) up to date")
         return 0
-    a.file.write_text(new)
-    print(f"{a.file}: regenerated {len(commands)} block(s){'' if new != old else ' (no change)'}")
+    file.write_text(new)
+    print(f"{file}: regenerated {len(commands)} block(s){'' if new != old else ' (no change)'}")
     return 0
 
 

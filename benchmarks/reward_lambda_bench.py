@@ -122,7 +122,10 @@ def markdown(result: dict[str, Any]) -> str:
     for name, s in result["summary"].items():
         def fmt(r: dict) -> str:
             hyper = f"w={r['w']:.3g}" if "w" in r else f"λ={r['lam']:.3g}"
-            return f"{hyper}: align {r['alignment']:.1f}, reward {r['reward']:.1f}, fid {r.get('fid', float('nan')):.1f}"
+            return (
+                f"{hyper}: align {r['alignment']:.1f}, reward {r['reward']:.1f}, fid {r.get('fid', float('nan')):.1f}"
+            )
+
         lines.append(f"| {name} | {s['wall_s']:.0f} | {fmt(s['best_by_alignment'])} | "
                      f"{fmt(s['best_by_alignment_plus_reward'])} |")
     return "\n".join(lines)

@@ -7,7 +7,8 @@ The folders are compare.py results folders (results.json, run_info.json) of the 
 ran ``--methods METHOD`` with some ``--set KEY=VALUE`` (several folders: e.g. one per seed, each with its own
 settings). Printed: the variant's commands and commits, the settings that differ from the reference's, a per-seed
 table (validation and test selection metric, regret against the test value of the validation-chosen answer of the
-dense oracle of the same seed in ``--oracle``, by default the reference folder, CPU-seconds, the answer's configuration) and the paired differences
+dense oracle of the same seed in ``--oracle``, by default the reference folder, CPU-seconds, the answer's
+configuration) and the paired differences
 variant − reference over seeds with their 95 % t intervals. A variant is adopted on its validation value, never on
 the test values or regrets it is reported with.
 
@@ -103,14 +104,17 @@ def section(variant_dir: str, reference_dir: str, method: str = "bilevel", title
     if len(set(text.values())) == 1:
         lines.append(f"Settings changed: {next(iter(text.values()))}.")
     else:
-        lines.append("Settings changed, per seed: " + "; ".join(f"seed {k}: {v}" for k, v in sorted(text.items())) + ".")
+        lines.append("Settings changed, per seed: " + "; ".join(f"seed {k}: "
+                                                                f"{v}" for k, v in sorted(text.items())) + ".")
     lines.append("")
     where = f"`{oracle_dir}`" if oracle_dir else "the reference's"
     lines.append(f"Selection metric `{metric}` ({'lower' if mode == 'min' else 'higher'} is better); regret against "
-                 f"{where} dense oracle's validation-chosen answer of the same seed, on test (negative: the method beat "
+                 f"{where} dense oracle's validation-chosen answer of the same seed, on test (negative: the method "
+                 "beat "
                  f"the sweep's validation-chosen answer){'' if oracle else ' (no oracle there: –)'}.")
     lines.append("")
-    lines.append(f"| seed | {metric} val: reference → variant | {metric} test: reference → variant | regret: reference → "
+    lines.append(f"| seed | {metric} val: reference → variant | {metric} test: reference → variant | regret: reference "
+                 "→ "
                  "variant | CPU s: reference → variant | variant's answer |")
     lines.append("|---|---|---|---|---|---|")
     for r in sorted(var, key=lambda r: r.get("seed") or 0):
@@ -138,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("reference_dir")
     p.add_argument("--method", default="bilevel", help="the method both runs ran (default bilevel)")
     p.add_argument("--reference-method", default=None, help="the reference run's method (default: --method)")
-    p.add_argument("--oracle", default=None, metavar="DIR", help="results folder of the dense oracle (default: the reference)")
+    p.add_argument("--oracle", default=None, metavar="DIR", help="results folder of the dense oracle (default: the "
+                                                                 "reference)")
     p.add_argument("--title", default=None)
     a = p.parse_args(argv)
     sys.stdout.write(section(a.variant_dir, a.reference_dir, a.method, a.title, a.reference_method, a.oracle))

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("fid_domain", "fid", "is", "abar_t250", "abar_t500", "abar_t750", "lower_loss", "samples_seen"):
         if key in last:
             print(f"  {key:12s} {last[key]:.4g}")
-    print(f"results: {getattr(trial, 'path', None) or trial.local_path} (checkpoint_*/scheduler/scheduler_config.json, samples.png)")
+    print(f"results: {getattr(trial, 'path', None) or trial.local_path} (checkpoint_*/scheduler/scheduler_config.json, "
+          "samples.png)")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--storage-path", default=None)
     args = p.parse_args(argv)
     init_ray(args.address)
-    base = {"preset": args.preset, "seed": args.seed, "test_at_end": True}  # selection on alignment_val; test at the end
+    # selection on alignment_val; test at the end
+    base = {"preset": args.preset, "seed": args.seed, "test_at_end": True}
 
     runs = {
         "bilevel": fit(BilevelTrainable, {"task": "reward_lambda", **base}, "reward_lambda_bilevel", args.storage_path),

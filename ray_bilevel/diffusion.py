@@ -54,7 +54,8 @@ def build_unet(
 
     blocks = tuple(int(c) for c in block_out_channels)
     if not blocks or any(c <= 0 for c in blocks):
-        raise ConfigError(f"block_out_channels must be a non-empty list of positive ints, got {list(block_out_channels)}.")
+        raise ConfigError("block_out_channels must be a non-empty list of positive ints, got "
+                          f"{list(block_out_channels)}.")
     factor = 2 ** (len(blocks) - 1)
     if image_size <= 0 or image_size % factor:
         raise ConfigError(
@@ -63,7 +64,8 @@ def build_unet(
         )
     bad = [c for c in blocks if c % norm_num_groups]
     if bad:
-        raise ConfigError(f"block_out_channels {bad} are not divisible by norm_num_groups={norm_num_groups}; use multiples of it.")
+        raise ConfigError(f"block_out_channels {bad} are not divisible by norm_num_groups={norm_num_groups}; use "
+                          "multiples of it.")
     if layers_per_block < 1 or channels < 1:
         raise ConfigError(f"layers_per_block and channels must be >= 1, got {layers_per_block} and {channels}.")
     down = ["DownBlock2D"] * len(blocks)
@@ -121,7 +123,8 @@ def score_matching_loss(
 def ddim_timesteps(T: int, steps: int, spacing: str = "linspace") -> Tensor:
     """Descending DDIM timesteps (LongTensor of length ``steps``).
 
-    * ``"linspace"`` (default; the released sampler, docs/algorithms.md §4): ``round(linspace(0, T-1, steps))``, both ends included.
+    * ``"linspace"`` (default; the released sampler, docs/algorithms.md §4): ``round(linspace(0, T-1, steps))``, both
+      ends included.
     * ``"trailing"`` / ``"leading"``: diffusers' spacings (identical to its ``set_timesteps``).
 
     :func:`ddim_sample` steps between consecutive entries, then from the last one to abar = 1.
@@ -222,7 +225,8 @@ class EMA:
         from ray_bilevel.schedules import NoiseSchedule
 
         if any(isinstance(m, NoiseSchedule) for m in model.modules()):
-            raise ConfigError("the EMA must not average schedule parameters (docs/algorithms.md §6.22); pass the U-Net alone.")
+            raise ConfigError("the EMA must not average schedule parameters (docs/algorithms.md §6.22); pass the U-Net "
+                              "alone.")
         self.decay = float(decay)
         self.num_updates = 0
         self.module = copy.deepcopy(model).eval().requires_grad_(False)

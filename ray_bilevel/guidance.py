@@ -81,7 +81,8 @@ class EpsilonModel:
 
 @dataclass
 class Linearisation:
-    """Per-sample linear model of the reward, ``r(x) ≈ ⟨g_i, x⟩ + b_i``, and its target ``y_i`` (docs/algorithms.md §2.3)."""
+    """Per-sample linear model of the reward, ``r(x) ≈ ⟨g_i, x⟩ + b_i``, and its target ``y_i`` (docs/algorithms.md
+    §2.3)."""
 
     g: torch.Tensor  # (B, *image_shape)
     b: torch.Tensor  # (B,)
@@ -165,7 +166,8 @@ def guided_sample(eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
         with torch.no_grad():
             z = scheduler.step(eps, t, z.detach(), **kwargs).prev_sample
         if guided and not torch.isfinite(z).all():
-            raise FloatingPointError(f"guided sampling diverged at t={int(t)} with beta={beta:g}; lower beta (raise λ).")
+            raise FloatingPointError(f"guided sampling diverged at t={int(t)} with beta={beta:g}; lower beta (raise "
+                                     "λ).")
     return z.detach()
 
 

@@ -16,5 +16,6 @@ def cache_dir() -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OSError(f"cannot create the cache folder {path}: {exc}; set RAY_BILEVEL_CACHE to a writable folder.") from exc
+        raise OSError(f"cannot create the cache folder {path}: {exc}; set RAY_BILEVEL_CACHE to a writable "
+                      "folder.") from exc
     return path

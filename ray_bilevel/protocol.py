@@ -47,4 +47,5 @@ def check_development(seeds: Iterable[int], split: str, what: str) -> None:
     bad = [s for s in seeds if s < MIN_DEVELOPMENT_SEED]
     if not seeds or bad:
         raise ConfigError(f"{what} must use development seeds >= {MIN_DEVELOPMENT_SEED}, got {seeds}; benchmark seeds "
-                          f"{BENCHMARK_SEEDS[0]}-{BENCHMARK_SEEDS[-1]} are reported, not tuned on (e.g. --seeds 100-104).")
+                          f"{BENCHMARK_SEEDS[0]}-{BENCHMARK_SEEDS[-1]} are reported, not tuned on (e.g. --seeds "
+                          "100-104).")

@@ -58,7 +58,12 @@ _FAMILY_DEFAULT = {"cosine": DDIM_DEFAULT, "sigmoid": SIGMOID_DEFAULT}
 #: Released projection bounds per family (docs/algorithms.md §3.2); ``end`` is additionally kept >= start + 1e-10.
 RELEASED_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
     "cosine": {"start": (0.0, 1.0), "end": (0.0, 1.0), "tau": (1.0, 1e6), "eps": (0.0, 1.0)},
-    "sigmoid": {"start": (-math.inf, math.inf), "end": (-math.inf, math.inf), "tau": (0.1, 1.0), "eps": (-math.inf, math.inf)},
+    "sigmoid": {
+        "start": (-math.inf, math.inf),
+        "end": (-math.inf, math.inf),
+        "tau": (0.1, 1.0),
+        "eps": (-math.inf, math.inf),
+    },
 }
 _END_GAP = 1e-10
 _BETA_MAX = 0.999
@@ -103,7 +108,9 @@ def _signal_curve(q: Tensor, family: str, parameterisation: str, T: int, clip_mi
     return torch.sigmoid(((T - s_i) / T) / tau + eps)
 
 
-def betas_from(q: Tensor, family: str = "cosine", parameterisation: str = "chen2023", T: int = 1000, clip_min: float = 1e-9) -> Tensor:
+def betas_from(
+    q: Tensor, family: str = "cosine", parameterisation: str = "chen2023", T: int = 1000, clip_min: float = 1e-9
+) -> Tensor:
     """beta_1..beta_T (length T, float64) of schedule ``q`` = (start, end, tau, eps); differentiable in q.
 
     ``beta[i-1] = clip(1 - f_i / f_{i-1}, 0, 0.999)`` (docs/algorithms.md §3.2, index convention).
@@ -121,7 +128,9 @@ def betas_from(q: Tensor, family: str = "cosine", parameterisation: str = "chen2
     return (1.0 - ratio).clamp(0.0, _BETA_MAX)
 
 
-def alphas_cumprod_from(q: Tensor, family: str = "cosine", parameterisation: str = "chen2023", T: int = 1000, clip_min: float = 1e-9) -> Tensor:
+def alphas_cumprod_from(
+    q: Tensor, family: str = "cosine", parameterisation: str = "chen2023", T: int = 1000, clip_min: float = 1e-9
+) -> Tensor:
     """abar_t for t = 0..T-1 (float64) of schedule ``q`` = (start, end, tau, eps); differentiable in q.
 
     Pure function: zeroth-order perturbations of q evaluate it without touching a module.
@@ -244,7 +253,8 @@ class NoiseSchedule(nn.Module):
         if bad:
             raise ConfigError(f"schedule parameter(s) {bad} must be finite, got {h}.")
         if not e > s:
-            raise ConfigError(f"`end` must be > `start`, got start={_fmt(s)} end={_fmt(e)}; pick end in (start, {'1]' if self.family == 'cosine' else 'inf)'}.")
+            raise ConfigError(f"`end` must be > `start`, got start={_fmt(s)} end={_fmt(e)}; pick end in (start, "
+                              f"{'1]' if self.family == 'cosine' else 'inf)'}.")
         if not tau > 0:
             raise ConfigError(f"`tau` must be > 0, got tau={_fmt(tau)}; pick a positive power/temperature (default 1).")
         if self.family == "cosine":
@@ -258,16 +268,20 @@ class NoiseSchedule(nn.Module):
             curve = _signal_curve(self.q, self.family, self.parameterisation, self.T, self.clip_min)
             abar = self.alphas_cumprod()
         if not (bool(torch.isfinite(curve).all()) and bool(torch.isfinite(abar).all())):
-            raise ConfigError(f"schedule {h} gives non-finite alphas_cumprod (saturated curve); move tau/eps towards the defaults {_FAMILY_DEFAULT[self.family]}.")
+            raise ConfigError(f"schedule {h} gives non-finite alphas_cumprod (saturated curve); move tau/eps towards "
+                              f"the defaults {_FAMILY_DEFAULT[self.family]}.")
         if float(abar[0]) < _ABAR_0_MIN:
-            raise ConfigError(f"schedule {h} starts at alphas_cumprod[0]={float(abar[0]):.3g} < {_ABAR_0_MIN}, not data; move tau/eps towards the defaults {_FAMILY_DEFAULT[self.family]}.")
+            raise ConfigError(f"schedule {h} starts at alphas_cumprod[0]={float(abar[0]):.3g} < {_ABAR_0_MIN}, not "
+                              f"data; move tau/eps towards the defaults {_FAMILY_DEFAULT[self.family]}.")
         last = float(abar[-1])
         if last > _ABAR_T_MAX:
             if self.parameterisation == "chen2023":
-                raise ConfigError(f"schedule {h} ends at alphas_cumprod[T-1]={last:.3g} > {_ABAR_T_MAX}, not noise; widen end - start or lower tau.")
+                raise ConfigError(f"schedule {h} ends at alphas_cumprod[T-1]={last:.3g} > {_ABAR_T_MAX}, not noise; "
+                                  "widen end - start or lower tau.")
             warnings.warn(
                 f"paper-form {self.family} schedule {h} ends at alphas_cumprod[T-1]={last:.3g} > {_ABAR_T_MAX}: "
-                "sampling from N(0, I) does not match the training marginal at t=T; use parameterisation='chen2023' to avoid this.",
+                "sampling from N(0, I) does not match the training marginal at t=T; use parameterisation='chen2023' to "
+                "avoid this.",
                 stacklevel=2,
             )
 
@@ -327,9 +341,13 @@ class NoiseSchedule(nn.Module):
             raise ConfigError(f"unknown NoiseSchedule config key(s) {unknown}; valid keys: {sorted(known)}.")
         kwargs = dict(config)
         if "bounds" in kwargs and kwargs["bounds"] is not None:
-            kwargs["bounds"] = {k: (_from_json(lo, -math.inf), _from_json(hi, math.inf)) for k, (lo, hi) in kwargs["bounds"].items()}
+            kwargs["bounds"] = {
+                k: (_from_json(lo, -math.inf), _from_json(hi, math.inf)) for k, (lo, hi) in kwargs["bounds"].items()
+            }
         return cls(**kwargs)
 
     def extra_repr(self) -> str:
         h = self.hyperparameters()
-        return f"family={self.family}, parameterisation={self.parameterisation}, T={self.T}, " + ", ".join(f"{k}={_fmt(v)}" for k, v in h.items())
+        return f"family={self.family}, parameterisation={self.parameterisation}, T={self.T}, " + ", ".join(
+            f"{k}={_fmt(v)}" for k, v in h.items()
+        )

@@ -59,7 +59,9 @@ def load_sd(name_or_path: str | os.PathLike = SD15, allow_download: bool = False
     try:
         unet = UNet2DConditionModel.from_pretrained(name_or_path, subfolder="unet", torch_dtype=torch_dtype, **kw)
         vae = AutoencoderKL.from_pretrained(name_or_path, subfolder="vae", torch_dtype=torch_dtype, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(name_or_path, subfolder="text_encoder", torch_dtype=torch_dtype, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(
+            name_or_path, subfolder="text_encoder", torch_dtype=torch_dtype, **kw
+        )
         tokenizer = CLIPTokenizer.from_pretrained(name_or_path, subfolder="tokenizer", **kw)
         if scheduler == "ddim":
             sched = DDIMScheduler.from_pretrained(name_or_path, subfolder="scheduler", **kw)
@@ -118,7 +120,8 @@ def sd_guided_generate(parts: SDParts, prompt: str, reward: Callable[[torch.Tens
                        height: int = 512, width: int = 512, target: str = "fixed", y_star: float = 10.0,
                        delta: float = 1.0, reduction: str = "sum", generator: torch.Generator | None = None,
                        negative_prompt: str = "", keep_rounds: bool = False) -> GuidanceResult:
-    """Algorithm 5 on Stable Diffusion for one prompt (docs/algorithms.md §2.3): ``rounds`` rounds of ``batch_size`` images.
+    """Algorithm 5 on Stable Diffusion for one prompt (docs/algorithms.md §2.3): ``rounds`` rounds of ``batch_size``
+    images.
 
     ``beta`` is the guidance strength (β0/λ). The initial latents are drawn once from ``generator`` and
     reused in every round; round 0 is the unguided pre-trained sample.

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     lo, _, hi = a.seeds.partition("-")
     seeds = list(range(int(lo), int(hi or lo) + 1))
     if any(s < 100 for s in seeds):
-        raise SystemExit(f"lambda_curve.py: error: development seeds are >= 100, got {seeds}; seeds 0-4 are for reporting.")
+        raise SystemExit(f"lambda_curve.py: error: development seeds are >= 100, got {seeds}; seeds 0-4 are for "
+                         "reporting.")
     t0 = time.time()
     rows = [{"seed": s, "search": m, **run_trial(s, m, a.preset)} for s in seeds for m in ("gradient", "curve")]
     by = {(r["seed"], r["search"]): r for r in rows}
@@ -57,16 +58,24 @@ def main(argv: list[str] | None = None) -> int:
     ratio = [by[(s, "curve")]["cost_flops"] / by[(s, "gradient")]["cost_flops"] for s in seeds]
     mean, low, high, n = mean_ci(diff)
     verdict = "tie" if low is None or low <= 0 <= high else ("curve better" if mean > 0 else "gradient better")
-    summary = {"seeds": seeds, "preset": a.preset, "curve_minus_gradient_alignment_val": {"mean": mean, "ci95": [low, high],
-               "n": n, "verdict": verdict}, "cost_ratio_curve_over_gradient": sum(ratio) / len(ratio),
-               "wall_s": round(time.time() - t0, 1)}
+    summary = {
+        "seeds": seeds,
+        "preset": a.preset,
+        "curve_minus_gradient_alignment_val": {"mean": mean, "ci95": [low, high], "n": n, "verdict": verdict},
+        "cost_ratio_curve_over_gradient": sum(ratio) / len(ratio),
+        "wall_s": round(time.time() - t0, 1),
+    }
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as fh:
-        json.dump({"command": "python studies/lambda_curve.py " + " ".join(argv or []), "rows": rows, "summary": summary},
-                  fh, indent=1)
+        json.dump(
+            {"command": "python studies/lambda_curve.py " + " ".join(argv or []), "rows": rows, "summary": summary},
+            fh,
+            indent=1,
+        )
     print("| seed | search | λ | alignment_val | GFLOP |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['seed']} | {r['search']} | {r['lam']:.3g} | {r['alignment_val']:.2f} | {r['cost_flops'] / 1e9:.0f} |")
+        print(f"| {r['seed']} | {r['search']} | {r['lam']:.3g} | {r['alignment_val']:.2f} | "
+              f"{r['cost_flops'] / 1e9:.0f} |")
     print(json.dumps(summary, indent=1))
     return 0
 

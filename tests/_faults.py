@@ -148,8 +148,12 @@ def searcher_experiment(storage: str, log: str, restore: bool) -> list[tuple[flo
             FixedHyperTrainable,
             param_space={**plan.param_space, **constants},
             tune_config=plan.tune_config("upper_loss", "min"),
-            run_config=tune.RunConfig(storage_path=storage, name="searcher", verbose=0,
-                                      checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=5, checkpoint_at_end=True)),
+            run_config=tune.RunConfig(
+                storage_path=storage,
+                name="searcher",
+                verbose=0,
+                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=5, checkpoint_at_end=True),
+            ),
         )
     grid = tuner.fit()
     assert not grid.errors, grid.errors

@@ -59,9 +59,15 @@ def _row(task: str, method: str, seed: int) -> dict:
     if method == "bilevel" and task == "noise_schedule":
         row["best_config"] = {"tau": 0.7 + 0.01 * seed, "eps": 0.0}  # varies across seeds
     points = 2 if method == "default" else 6
-    row["curve"] = [{"cpu_s": row["cpu_s"] * (i + 1) / points, "wall_s": row["wall_time_s"] * (i + 1) / points,
-                     "metric_value": value + sign * (points - 1 - i), "metric_value_val": value + 0.5 + sign * (points - 1 - i)}
-                    for i in range(points)]
+    row["curve"] = [
+        {
+            "cpu_s": row["cpu_s"] * (i + 1) / points,
+            "wall_s": row["wall_time_s"] * (i + 1) / points,
+            "metric_value": value + sign * (points - 1 - i),
+            "metric_value_val": value + 0.5 + sign * (points - 1 - i),
+        }
+        for i in range(points)
+    ]
     if method == "dense":
         row["sweep"] = _sweep(task, seed)
     return row
@@ -87,7 +93,11 @@ def test_mean_ci_is_the_student_t_interval():
 def test_summarise_means_and_counts(rows):
     summary = summarise(rows)
     by = {(s["task"], s["method"], s["metric"]): s for s in summary}
-    assert {s["task"] for s in summary} == set(TASKS) and {s["method"] for s in summary} == {"default", "bilevel", "dense"}
+    assert {s["task"] for s in summary} == set(TASKS) and {s["method"] for s in summary} == {
+        "default",
+        "bilevel",
+        "dense",
+    }
     default = by[("noise_schedule", "default", "metric_value")]
     assert default["n"] == 3 and default["mean"] == pytest.approx(np.mean([25.0, 26.1, 27.2]))
     assert default["ci95_low"] < default["mean"] < default["ci95_high"]
@@ -128,7 +138,11 @@ def test_paired_differences_pair_by_seed_with_verdicts(rows):
     one = [r for r in noisy if r["seed"] == 0]  # one seed: no interval, a tie
     p = next(p for p in paired_differences(one) if p["metric"] == "metric_value")
     assert p["n"] == 1 and p["ci95_low"] is None and p["verdict"] == "tie"
-    assert direction("is_val") == "max" and direction("fid_domain_val") == "min" and direction("metric_value", "max") == "max"
+    assert (
+        direction("is_val") == "max"
+        and direction("fid_domain_val") == "min"
+        and direction("metric_value", "max") == "max"
+    )
     assert direction("wall_time_s") == "min" and direction("metric_value") is None
 
 
@@ -140,7 +154,10 @@ def test_markdown_report_tables(rows, tmp_path):
     assert "| bilevel | 3 | varies (seed 0: tau=0.700, eps=0) |" in text
     assert "| default | 3 | tau=1.00, eps=0 | 26.1 ± 2.7 | 26.6 ± 2.7 |" in text
     single = markdown_report([r for r in rows if r["seed"] == 0])
-    assert "| default | 1 | tau=1.00, eps=0 | 25.0 | 25.5 |" in single and "±" not in single.split("| method |")[1].split("**bilevel")[0]
+    assert (
+        "| default | 1 | tau=1.00, eps=0 | 25.0 | 25.5 |" in single
+        and "±" not in single.split("| method |")[1].split("**bilevel")[0]
+    )
     # (b) paired differences: bilevel - default on fid_domain, interval, verdict
     assert "| default | 3 | -5.10 [-5.3, -4.9] bilevel better |" in text
     # (c) the oracle sweep, with the validation-selected and the test-best configs marked
@@ -230,8 +247,14 @@ def test_benchmarks_md_on_a_results_folder(rows, tmp_path):
         "commit": {"sha": "0123456789abcdef", "dirty": True}, "date": "2025-01-01T00:00:00+00:00",
         "machine": "x86_64", "cpus": 2, "cpu_utilisation": 0.93}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "benchmarks_md.py"), str(tmp_path), "--title", "Smoke"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "benchmarks_md.py"), str(tmp_path), "--title", "Smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert out.startswith("## Smoke\n")
@@ -247,5 +270,6 @@ def test_benchmarks_md_on_a_results_folder(rows, tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = target.read_text()
-    assert "python benchmarks/compare.py --seeds 0,1,2\n" in written and "](../plots/noise_schedule_oracle.png)" in written
-
+    assert (
+        "python benchmarks/compare.py --seeds 0,1,2\n" in written and "](../plots/noise_schedule_oracle.png)" in written
+    )

@@ -1,5 +1,6 @@
-"""BENCHMARKS.md cannot drift from its data: every table in it sits in a generated block whose command rebuilds it
-from committed JSON (benchmarks/refresh_md.py), and regenerating gives back the committed text byte for byte."""
+"""BENCHMARKS.md and the studies of docs/studies/ cannot drift from their data: every table in them sits in a
+generated block whose command rebuilds it from committed JSON (benchmarks/refresh_md.py), and regenerating gives back
+the committed text byte for byte."""
 from __future__ import annotations
 
 import re
@@ -12,6 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from refresh_md import BLOCK, refresh  # noqa: E402
+
+#: The files whose tables must all be generated: the headline evidence and the lab notebook beside it.
+DOCS = [ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs" / "studies").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 
 def test_refresh_replaces_each_block_by_its_commands_output(tmp_path):
@@ -30,17 +35,41 @@ def test_a_failing_command_names_itself(tmp_path):
         refresh(doc, cwd=tmp_path)
 
 
-def test_every_table_of_benchmarks_md_is_generated():
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_table_is_generated(path):
     """A markdown table row outside a generated block would be a number typed by hand."""
-    text = (ROOT / "BENCHMARKS.md").read_text()
+    text = path.read_text()
     outside = BLOCK.sub("", text)
     typed = [line for line in outside.splitlines() if re.match(r"^\|.*\|\s*$", line)]
     assert not typed, f"table rows outside generated blocks: {typed[:3]}"
-    assert len(BLOCK.findall(text)) >= 3
+    assert BLOCK.findall(text), f"{path.name} has no generated block"
+
+
+def test_benchmarks_md_is_the_headline_and_points_at_every_study():
+    """BENCHMARKS.md holds the headline evidence (both tasks' main comparison) in at most 300 lines; the lab notebook
+    lives in docs/studies/, and every study is linked from it."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    assert len(text.splitlines()) <= 300
+    commands = [m["cmd"] for m in BLOCK.finditer(text)]
+    assert any("quick3_lambda" in c for c in commands) and any("quick3_ns" in c for c in commands)
+    studies = DOCS[1:]
+    assert len(studies) >= 3
+    for study in studies:
+        assert f"(docs/studies/{study.name})" in text, f"BENCHMARKS.md does not point at {study.name}"
+    assert sum(len(BLOCK.findall(p.read_text())) for p in DOCS) == 10  # no block was lost in the move
+
+
+@pytest.mark.parametrize("path", [*DOCS, ROOT / "README.md"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(path):
+    """Every relative link (and image) of these files names a file that exists, from the file's own folder."""
+    broken = [target for target in LINK.findall(path.read_text())
+              if "://" not in target and not (path.parent / target).exists()]
+    assert not broken, f"broken links in {path.name}: {broken}"
 
 
 @pytest.mark.slow
-def test_benchmarks_md_is_up_to_date():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "refresh_md.py"), "BENCHMARKS.md", "--check"],
+def test_benchmarks_md_and_studies_are_up_to_date():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "refresh_md.py"),
+                           *[str(p.relative_to(ROOT)) for p in DOCS], "--check"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

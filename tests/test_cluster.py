@@ -77,9 +77,11 @@ def test_resources_larger_than_the_cluster_are_refused():
     cluster = {"CPU": 2.0, "memory": 8e9, "node:127.0.0.1": 1.0}
     check_resources_fit({"cpu": 2.0}, cluster)  # fits exactly
     check_resources_fit({"cpu": 0.5, "memory": 1e9}, cluster)
-    with pytest.raises(ConfigError, match=r"asks for gpu=0\.5 but the whole Ray cluster has gpu=0; drop gpu from --resources-per-trial"):
+    with pytest.raises(ConfigError, match=r"asks for gpu=0\.5 but the whole Ray cluster has gpu=0; drop gpu from "
+                                          r"--resources-per-trial"):
         check_resources_fit({"cpu": 1.0, "gpu": 0.5}, cluster)
-    with pytest.raises(ConfigError, match=r"asks for cpu=4 but the whole Ray cluster has cpu=2; lower cpu \(at most cpu=2\) in --resources-per-trial"):
+    with pytest.raises(ConfigError, match=r"asks for cpu=4 but the whole Ray cluster has cpu=2; lower cpu \(at most "
+                                          r"cpu=2\) in --resources-per-trial"):
         check_resources_fit({"cpu": 4.0}, cluster)
     check_resources_fit({"cpu": 64.0, "gpu": 8.0}, cluster, autoscaling=True)
 

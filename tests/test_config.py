@@ -83,7 +83,8 @@ def one_line_error(key: str, **overrides: Any) -> str:
         ("weights", {1: 1.0}, "must be a mapping of strings to numbers"),
         ("mode", "fixd", "must be one of ['fresh', 'fixed'], got 'fixd'. Did you mean 'fixed'?"),
         ("mode", 1, "must be one of ['fresh', 'fixed'], got 1."),
-        ("shrinkage", "ledoit", "must be a number or one of ['ledoit_wolf'], got 'ledoit'. Did you mean 'ledoit_wolf'?"),
+        ("shrinkage", "ledoit", "must be a number or one of ['ledoit_wolf'], got 'ledoit'. Did you mean "
+                                "'ledoit_wolf'?"),
         ("shrinkage", None, "must be a number or one of ['ledoit_wolf'], got None."),
         ("shrinkage", True, "must be a number or one of ['ledoit_wolf'], got True."),
     ],
@@ -137,7 +138,8 @@ def test_numpy_scalars_become_python_values() -> None:
 
 
 def test_unknown_preset_and_key_still_suggest_the_fix() -> None:
-    with pytest.raises(ConfigError, match=r"unknown preset 'quik'; choose one of \['paper', 'quick', 'smoke'\]\. Did you mean 'quick'\?"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'quik'; choose one of \['paper', 'quick', 'smoke'\]\. Did "
+                                          r"you mean 'quick'\?"):
         resolve(Kinds, PRESETS, {"preset": "quik"})
     with pytest.raises(ConfigError, match=r"unknown config key 'mdoe' for Kinds; valid keys: .* Did you mean 'mode'\?"):
         make(mdoe="fixed")
@@ -205,7 +207,9 @@ def test_parse_key_values_names_the_flag() -> None:
 
 
 def test_parsed_values_flow_into_resolve() -> None:
-    cfg = resolve(Kinds, PRESETS, parse_key_values(["n=3", "x=2", "widths=[4, 8]", "mode=fixed", "shrinkage=ledoit_wolf"]))
+    cfg = resolve(
+        Kinds, PRESETS, parse_key_values(["n=3", "x=2", "widths=[4, 8]", "mode=fixed", "shrinkage=ledoit_wolf"])
+    )
     assert (cfg.n, cfg.x, cfg.widths, cfg.mode, cfg.shrinkage) == (3, 2.0, (4, 8), "fixed", "ledoit_wolf")
     message = one_line_error("n", **parse_key_values(["n=three"]))
     assert message == "config key 'n' must be an integer, got 'three'."

@@ -169,4 +169,6 @@ def test_method_cost_is_the_same_one_method_at_a_time_and_concurrently(ray_local
         assert [p["cost_flops"] for p in a.row["curve"]] == [p["cost_flops"] for p in b.row["curve"]]
     rows = {r.row["method"]: r.row for r in one}
     assert rows["random"]["cost_flops"] == 2 * rows["default"]["cost_flops"]  # two trials of equal work
-    assert rows["random"]["lower_steps"] == 2 * rows["default"]["lower_steps"] and rows["bilevel"]["lower_steps"] is None
+    assert (
+        rows["random"]["lower_steps"] == 2 * rows["default"]["lower_steps"] and rows["bilevel"]["lower_steps"] is None
+    )

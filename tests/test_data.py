@@ -119,8 +119,12 @@ def test_png_folder_round_trip(tmp_path):
         load_images(str(tmp_path))
     d = load_images(str(tmp_path), image_size=9, resize="pad")
     assert d.images.shape == (4, 3, 9, 9)
-    assert torch.allclose(d.images[0], torch.tensor(grey[0] / 127.5 - 1.0, dtype=torch.float32).expand(3, 9, 9), atol=1e-6)
-    assert torch.allclose(d.images[3, :, 2:7, 2:6], torch.tensor(rgb.transpose(2, 0, 1) / 127.5 - 1.0, dtype=torch.float32), atol=1e-6)
+    assert torch.allclose(
+        d.images[0], torch.tensor(grey[0] / 127.5 - 1.0, dtype=torch.float32).expand(3, 9, 9), atol=1e-6
+    )
+    assert torch.allclose(
+        d.images[3, :, 2:7, 2:6], torch.tensor(rgb.transpose(2, 0, 1) / 127.5 - 1.0, dtype=torch.float32), atol=1e-6
+    )
 
 
 def test_mnist_needs_root_or_download(tmp_path):

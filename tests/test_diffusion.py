@@ -81,7 +81,10 @@ def test_ddim_timesteps():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spacing,T,steps,clip_x0", [("trailing", 100, 10, False), ("leading", 100, 10, False), ("trailing", 60, 6, True), ("linspace", 40, 40, False)])
+@pytest.mark.parametrize(
+    "spacing,T,steps,clip_x0",
+    [("trailing", 100, 10, False), ("leading", 100, 10, False), ("trailing", 60, 6, True), ("linspace", 40, 40, False)],
+)
 def test_ddim_matches_diffusers_scheduler(spacing, T, steps, clip_x0):
     model = tiny_unet(seed=4)
     sched = NoiseSchedule(T=T, tau=1.2)

@@ -151,7 +151,8 @@ def test_gaussian_example(gamma, expected):
     lam = 2.0
     assert (2 + 2.5 / gamma) / lam**2 == pytest.approx(expected, abs=1e-4)
     assert lambda_hypergradient(a, b, lam, gamma) == pytest.approx(expected, rel=0.02)
-    # Gaussian p_data with linear rewards: (33) is exact in the γ → ∞ limit (docs/algorithms.md §2.2), so the two agree at γ = 1000
+    # Gaussian p_data with linear rewards: (33) is exact in the γ → ∞ limit (docs/algorithms.md §2.2), so the two agree
+    # at γ = 1000
     if gamma == 1000.0:
         assert lambda_hypergradient(a, b, lam, gamma, method="paper") == pytest.approx(expected, rel=0.02)
 

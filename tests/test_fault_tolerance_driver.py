@@ -54,7 +54,8 @@ DRIVER = textwrap.dedent(
                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=5, checkpoint_at_end=True)))
     grid = tuner.fit()
     for r in grid:
-        print("RESULT", r.config["x0"], repr(r.metrics["x0"]), repr(r.metrics["x1"]), r.metrics["training_iteration"], r.error is None)
+        print("RESULT", r.config["x0"], repr(r.metrics["x0"]), repr(r.metrics["x1"]), r.metrics["training_iteration"],
+              r.error is None)
     """
 )
 
@@ -202,8 +203,6 @@ def test_compare_resume_after_the_driver_is_killed(tmp_path):
     run: finished experiments and trials are not run again, the interrupted search completes its
     budget, and every method is in the results."""
     compare = REPO / "benchmarks" / "compare.py"
-    if not compare.exists():
-        pytest.skip("benchmarks/compare.py has not landed")
     out = tmp_path / "out"
     cmd = [sys.executable, str(compare), "--task", "toy", "--preset", "smoke", "--methods", "default,bilevel,random",
            "--trials", "6", "--num-cpus", "1", "--out", str(out), "--no-plots", "--verbose", "0"]
@@ -212,7 +211,9 @@ def test_compare_resume_after_the_driver_is_killed(tmp_path):
     random_dir = out / "ray_results" / "toy-random-s0"
     started: dict[int, int] = {}
     try:
-        driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        driver = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+        )
         deadline = time.time() + 400
         while time.time() < deadline and driver.poll() is None:
             lines = result_lines(random_dir) if random_dir.exists() else {}
@@ -224,7 +225,10 @@ def test_compare_resume_after_the_driver_is_killed(tmp_path):
         driver.kill()
         driver.wait(timeout=30)
         _ray_procs.kill(started)
-        before = {name: result_lines(out / "ray_results" / f"{name}-s0") for name in ("toy-default", "toy-bilevel", "toy-random")}
+        before = {
+            name: result_lines(out / "ray_results" / f"{name}-s0")
+            for name in ("toy-default", "toy-bilevel", "toy-random")
+        }
         assert not (out / "results.json").exists()
         resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

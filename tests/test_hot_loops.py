@@ -115,7 +115,9 @@ class _PassThrough:
 def _feats(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     basis = torch.randn(16, d, generator=torch.Generator().manual_seed(99))
-    return (torch.relu(torch.randn(n, 16, generator=g) @ basis + shift) + 0.1 * torch.rand(n, d, generator=g))[:, :, None, None]
+    return (torch.relu(torch.randn(n, 16, generator=g) @ basis + shift) + 0.1 * torch.rand(n, d, generator=g))[
+        :, :, None, None
+    ]
 
 
 @pytest.mark.parametrize("shrinkage", [0.0, 0.3, "ledoit_wolf"])

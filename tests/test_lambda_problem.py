@@ -156,7 +156,8 @@ def test_write_calibration_replaces_the_entry_with_the_same_conditions(tmp_path)
     path = tmp_path / CALIBRATION_FILE
     cond = {"prompt": "a handwritten 7", "reward": "ink", "y_star": 100.0, "target": "fixed", "reduction": "sum",
             "cfg_scale": 1.0, "steps": 4}  # an entry names its prompt (entries of other prompts are never used)
-    dev = {"provenance": {"fitted_on": {"split": "val", "seeds": [100, 101]}}}  # development data (tests/test_splits.py)
+    # development data (tests/test_splits.py)
+    dev = {"provenance": {"fitted_on": {"split": "val", "seeds": [100, 101]}}}
     write_calibration(path, {"conditions": cond, "beta0": 0.01, **dev})
     write_calibration(path, {"conditions": {**cond, "y_star": 50.0}, "beta0": 0.02, **dev})
     write_calibration(path, {"conditions": {**cond, "steps": 50}, "beta0": 0.005, **dev})
@@ -200,7 +201,8 @@ def test_guided_sampling_draws_the_tilted_distribution():
     ink (r2) away from the unguided mean on the same noise by the shift E_{p*_λ}[r2] − E_{p_data}[r2] predicted from
     pre-trained samples, within 15 % + 0.3 ink points; at λ ≥ 4.6 also r1 by its predicted shift within 6 points. A
     held-out check: β0 was fitted on the validation noise of development seeds 100-104 (tests/test_splits.py), and
-    this checks it on seed 0's test noise with a pool of 2,048 samples of seed 0. At λ = 2.15 the prediction leans on the boldest
+    this checks it on seed 0's test noise with a pool of 2,048 samples of seed 0. At λ = 2.15 the prediction leans on
+    the boldest
     few percent of the pool (another pool of 1,024 predicts an ink shift of 4.7 instead of 6.1 and an r1 shift of 30
     instead of 22), too noisy for r1 at 64 images. benchmarks/lambda_problem.py (384 images per λ) measures
     |Δ shift r2| ≤ 0.44 and |Δ shift r1| ≤ 4.1 at λ ≥ 2.15."""

@@ -61,11 +61,16 @@ def test_feature_stats_match_numpy_and_shrinkage_formula():
     x = _gaussian(50, 8, 3)
     s = feature_stats(x.float())
     assert s.n == 50 and s.mu.dtype == torch.float64
-    assert np.allclose(s.mu.numpy(), x.numpy().mean(0)) and np.allclose(s.sigma.numpy(), np.cov(x.numpy(), rowvar=False))
+    assert np.allclose(s.mu.numpy(), x.numpy().mean(0)) and np.allclose(
+        s.sigma.numpy(), np.cov(x.numpy(), rowvar=False)
+    )
     rho = 0.25
     shrunk = feature_stats(x, rho)
     cov = np.cov(x.numpy(), rowvar=False)
-    assert np.allclose(shrunk.sigma.numpy(), (1 - rho) * cov + rho * np.trace(cov) / 8 * np.eye(8)) and shrunk.shrinkage == rho
+    assert (
+        np.allclose(shrunk.sigma.numpy(), (1 - rho) * cov + rho * np.trace(cov) / 8 * np.eye(8))
+        and shrunk.shrinkage == rho
+    )
     with pytest.raises(ConfigError, match="shrinkage"):
         feature_stats(x, 1.5)
     with pytest.raises(ConfigError, match="N >= 2"):

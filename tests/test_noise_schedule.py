@@ -12,7 +12,8 @@ from ray_bilevel.config import ConfigError
 from ray_bilevel.tasks import get_task
 from ray_bilevel.tasks.noise_schedule import NoiseScheduleTask
 
-pytestmark = [pytest.mark.filterwarnings("ignore:FID with"), pytest.mark.filterwarnings("ignore:noise_schedule. projected:UserWarning")]
+pytestmark = [pytest.mark.filterwarnings("ignore:FID with"), pytest.mark.filterwarnings("ignore:noise_schedule. "
+                                                                                        "projected:UserWarning")]
 
 
 def smoke(seed: int = 0, **over) -> NoiseScheduleTask:
@@ -250,15 +251,26 @@ def test_tune_run_smoke_completes_offline(ray_local, tmp_path):
     analysis = tune.run(BilevelTrainable, config={"task": "noise_schedule", "preset": "smoke", "seed": 0},
                         stop={"training_iteration": 2}, storage_path=str(tmp_path), verbose=0)
     last = analysis.trials[0].last_result
-    for key in ("fid_domain_val", "start", "end", "tau", "eps", "abar_t50", "hypergrad_norm", "lower_loss", "samples_seen",
-                "cpu_s"):
+    for key in (
+        "fid_domain_val",
+        "start",
+        "end",
+        "tau",
+        "eps",
+        "abar_t50",
+        "hypergrad_norm",
+        "lower_loss",
+        "samples_seen",
+        "cpu_s",
+    ):
         assert key in last, key
 
 
 @pytest.mark.slow
 def test_surrogate_penalty_keeps_the_other_variants_streams_and_checkpoints():
-    """z_fid_grad="surrogate": y' takes z's SM steps (same draws), h_y is taken at y'; "none" is unchanged by the option,
-    and a checkpoint taken between outer steps continues identically (y' is rebuilt from y at every bilevel step)."""
+    """z_fid_grad="surrogate": y' takes z's SM steps (same draws), h_y is taken at y'; "none" is unchanged by the
+    option, and a checkpoint taken between outer steps continues identically (y' is rebuilt from y at every bilevel
+    step)."""
     task = smoke(seed=6, z_fid_grad="surrogate", z_init="copy_y", gamma=1e3, gamma_end=1e3, outer_steps=4)
     task.hyper_step()
     out = task.hyper_step()

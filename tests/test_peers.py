@@ -66,7 +66,8 @@ def test_budget_limiter_stops_starting_when_the_next_trial_would_pass_the_budget
     assert limiter.suggest("a") == {"x": 1.0} and limiter.suggest("b") == {"x": 1.0}  # cost unknown: concurrency rules
     limiter.on_trial_result("a", {"cost_flops": 30.0, "training_iteration": 1, "complete": False})
     assert limiter.full == 120.0  # extrapolated from a's first iteration (an over-estimate: building is front-loaded)
-    limiter.on_trial_complete("a", {"cost_flops": 30.0, "training_iteration": 1, "complete": False, "done": True})  # stopped at a rung
+    # stopped at a rung
+    limiter.on_trial_complete("a", {"cost_flops": 30.0, "training_iteration": 1, "complete": False, "done": True})
     limiter.on_trial_complete("b", {"cost_flops": 100.0, "training_iteration": 4, "done": True})
     assert limiter.full == 100.0 and limiter.spent == 130.0
     assert limiter.suggest("c") == {"x": 1.0}  # 130 + 100 (c) <= 300
@@ -114,9 +115,29 @@ def test_compare_smoke_runs_the_peers_on_both_tasks(tmp_path):
     median of the earlier ones there; on these smoke draws none is): the toy test above checks the stopped trials'
     booking and that asha's lower_steps fall below trials × a full run."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--preset", "smoke", "--methods",
-                           "default,bilevel,asha,optuna_tpe,optuna_gp,pb2", "--budget", "4x", "--out", str(tmp_path), "--num-cpus", "2",
-                           "--verbose", "0", "--no-plots"], env=env, capture_output=True, text=True, timeout=2400)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "compare.py"),
+            "--preset",
+            "smoke",
+            "--methods",
+            "default,bilevel,asha,optuna_tpe,optuna_gp,pb2",
+            "--budget",
+            "4x",
+            "--out",
+            str(tmp_path),
+            "--num-cpus",
+            "2",
+            "--verbose",
+            "0",
+            "--no-plots",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "results.json").read_text())
     for task in ("noise_schedule", "reward_lambda"):

@@ -25,7 +25,8 @@ from ray_bilevel.tasks.noise_schedule.surrogate import (
     surrogate_for,
 )
 
-pytestmark = [pytest.mark.filterwarnings("ignore:FID with"), pytest.mark.filterwarnings("ignore:noise_schedule. projected:UserWarning")]
+pytestmark = [pytest.mark.filterwarnings("ignore:FID with"), pytest.mark.filterwarnings("ignore:noise_schedule. "
+                                                                                        "projected:UserWarning")]
 
 
 def smoke(**over) -> NoiseScheduleTask:
@@ -35,7 +36,11 @@ def smoke(**over) -> NoiseScheduleTask:
 
 def test_differentiable_frechet_matches_metrics_fid():
     gen = torch.Generator().manual_seed(0)
-    real = torch.randn(300, 64, generator=gen, dtype=torch.float64) @ torch.randn(64, 64, generator=gen, dtype=torch.float64) / 8
+    real = (
+        torch.randn(300, 64, generator=gen, dtype=torch.float64)
+        @ torch.randn(64, 64, generator=gen, dtype=torch.float64)
+        / 8
+    )
     fake = torch.randn(32, 64, generator=gen) + 0.3  # fewer samples than dimensions: shrunk covariance
     ref_real = feature_stats(real)
     for rho in (0.2, 0.5):
@@ -48,7 +53,9 @@ def test_differentiable_frechet_matches_metrics_fid():
     # the diagonal form equals the Fréchet distance of the diagonal Gaussians
     var_r, var_f = ref_real.sigma.diagonal(), fake.double().var(0)
     diag = diagonal_frechet_distance_t(ref_real.mu, var_r, fake.double().mean(0), var_f)
-    ref = frechet_distance(FeatureStats(ref_real.mu, torch.diag(var_r), 300), FeatureStats(fake.double().mean(0), torch.diag(var_f), 32))
+    ref = frechet_distance(
+        FeatureStats(ref_real.mu, torch.diag(var_r), 300), FeatureStats(fake.double().mean(0), torch.diag(var_f), 32)
+    )
     assert float(diag) == pytest.approx(ref, rel=1e-9)
 
 
@@ -83,7 +90,9 @@ def _fd_value_gap(task, q, x0, t, noise, gamma):
     s = task.schedule
     a = alphas_cumprod_from(q, s.family, s.parameterisation, s.T, s.clip_min)
     with torch.no_grad():
-        return gamma * float(score_matching_loss(task.z, x0, a, t=t, noise=noise) - score_matching_loss(task.y, x0, a, t=t, noise=noise))
+        return gamma * float(
+            score_matching_loss(task.z, x0, a, t=t, noise=noise) - score_matching_loss(task.y, x0, a, t=t, noise=noise)
+        )
 
 
 @pytest.mark.slow
@@ -116,7 +125,9 @@ def test_penalty_term_is_nonzero_and_matches_a_finite_difference_of_g_in_q():
     for j in range(4):
         e = torch.zeros(4, dtype=torch.float64)
         e[j] = delta
-        fd[j] = (_fd_value_gap(task, q0 + e, x0, t, noise, gamma) - _fd_value_gap(task, q0 - e, x0, t, noise, gamma)) / (2 * delta)
+        fd[j] = (
+            _fd_value_gap(task, q0 + e, x0, t, noise, gamma) - _fd_value_gap(task, q0 - e, x0, t, noise, gamma)
+        ) / (2 * delta)
     assert float(penalty.norm()) > 1e-3 * float(gamma * h_y.norm())  # non-zero: z is not y
     big = penalty.abs() > 1e-3 * float(penalty.abs().max())
     assert torch.equal(torch.sign(penalty[big]), torch.sign(fd[big])), (penalty, fd)  # the right sign

@@ -45,9 +45,14 @@ def test_tune_run_retrain_returns_the_retrained_network_with_the_learned_schedul
     checkpoint holds the retrained network, trained at the learned schedule (exported with it)."""
     from ray import tune
 
-    analysis = tune.run(BilevelTrainable, config={"task": "noise_schedule", "preset": "smoke", "seed": 0, "retrain": True},
-                        stop={"done": True}, storage_path=str(tmp_path), verbose=0,
-                        checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True))
+    analysis = tune.run(
+        BilevelTrainable,
+        config={"task": "noise_schedule", "preset": "smoke", "seed": 0, "retrain": True},
+        stop={"done": True},
+        storage_path=str(tmp_path),
+        verbose=0,
+        checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True),
+    )
     trial = analysis.trials[0]
     last = trial.last_result
     assert last["phase"] == 1 and last["done"] and last["retrain_steps"] > 0

@@ -18,15 +18,39 @@ def folders(tmp_path_factory):
 
     unet, vae, text, tok, sched = tiny_sd_parts()
     sd = tmp_path_factory.mktemp("sd")
-    StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tok, scheduler=sched, safety_checker=None,
-                            feature_extractor=None, image_encoder=None, requires_safety_checker=False).save_pretrained(sd)
+    StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    ).save_pretrained(sd)
     clip_dir = tmp_path_factory.mktemp("clip")
     tok = byte_tokenizer()
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                         num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                           num_hidden_layers=2),
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(0)

@@ -247,7 +247,8 @@ def test_a_stroke_target_from_benchmark_seeds_is_refused(tmp_path):
         RewardLambdaTask({"preset": "smoke", "seed": 0, "model_path": path})
 
 
-# -- under Ray Tune: the workers import the user's module through PYTHONPATH --------------------------------------------
+# -- under Ray Tune: the workers import the user's module through PYTHONPATH
+# --------------------------------------------
 @pytest.fixture
 def ray_with_user_module(user_module):
     """A private Ray instance whose workers find the user's module on PYTHONPATH (runtime_env); the shared instance of

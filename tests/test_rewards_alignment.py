@@ -111,7 +111,9 @@ def test_clip_preprocess_matches_clip_image_processor():
     from transformers import CLIPImageProcessor
 
     u = np.random.default_rng(0).integers(0, 256, size=(2, 24, 24, 3), dtype=np.uint8)
-    proc = CLIPImageProcessor(do_resize=False, do_center_crop=False, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    proc = CLIPImageProcessor(
+        do_resize=False, do_center_crop=False, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)
+    )
     ref = proc(images=list(u), return_tensors="pt")["pixel_values"]
     x = torch.from_numpy(u).permute(0, 3, 1, 2).float() / 127.5 - 1  # uint8 → [-1, 1]
     assert torch.allclose(clip_preprocess(x, size=24), ref, atol=1e-5)
@@ -126,10 +128,25 @@ def test_clip_score_with_tiny_random_model(tmp_path):
 
     tok = byte_tokenizer()
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                         num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                           num_hidden_layers=2),
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(0)

@@ -33,8 +33,16 @@ def tiny_unet(seed: int = 0, size: int = 8, layers_per_block: int = 1) -> torch.
     from diffusers import UNet2DModel
 
     torch.manual_seed(seed)
-    return UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=8,
-                       layers_per_block=layers_per_block, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    return UNet2DModel(
+        sample_size=size,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        layers_per_block=layers_per_block,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    )
 
 
 def images(n: int, seed: int = 0, size: int = 8) -> torch.Tensor:
@@ -263,12 +271,19 @@ def bad_input(key: str) -> None:
         ScheduleLearner(tiny_unet(), images(8), {"preset": "smoke", "fid_shrinkage": 0.0})
     elif key == "penalty_sgd":
         unet = tiny_unet()
-        ScheduleLearner(unet, None, {"preset": "smoke", "penalty": True}, optimizer=torch.optim.SGD(unet.parameters(), lr=0.1),
-                        metric=toy_metric)
+        ScheduleLearner(
+            unet,
+            None,
+            {"preset": "smoke", "penalty": True},
+            optimizer=torch.optim.SGD(unet.parameters(), lr=0.1),
+            metric=toy_metric,
+        )
     elif key == "foreign_state":
         toy_learner().load_state_dict({"format": "ray_bilevel.noise_schedule/1"})
     elif key == "other_T":
-        ScheduleLearner(tiny_unet(), None, {"preset": "smoke"}, metric=toy_metric).load_state_dict(toy_learner().state_dict())
+        ScheduleLearner(tiny_unet(), None, {"preset": "smoke"}, metric=toy_metric).load_state_dict(
+            toy_learner().state_dict()
+        )
     elif key == "hyper_before_draw":
         toy_learner().hyper_step()
     else:
@@ -286,8 +301,13 @@ def catalogue_row(key: str) -> tuple[type[BaseException], list[str]]:
         if line.startswith(f"| {key} |"):
             cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
             kind, _, rest = cells[3].partition(":")
-            assert cells[5] == "`tests/test_schedule_learner.py::test_bad_inputs_of_the_learner_give_the_catalogued_message`", cells[5]
-            return {"ConfigError": ConfigError, "FloatingPointError": FloatingPointError}[kind.strip()], re.findall(r"`([^`]+)`", rest)
+            assert (
+                cells[5]
+                == "`tests/test_schedule_learner.py::test_bad_inputs_of_the_learner_give_the_catalogued_message`"
+            ), cells[5]
+            return {"ConfigError": ConfigError, "FloatingPointError": FloatingPointError}[kind.strip()], re.findall(
+                r"`([^`]+)`", rest
+            )
     raise AssertionError(f"{key} is not in docs/bad_inputs.md")
 
 

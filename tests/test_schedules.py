@@ -49,7 +49,11 @@ def test_paper_and_chen2023_coincide_at_ddim_default():
 
 @pytest.mark.parametrize(
     "family,q,expected",
-    [("cosine", (0.4, 0.8, 1.0, 0.008), 0.65), ("sigmoid", (0.0, 1.0, 1.0, 0.008), 0.685), ("sigmoid", (-3.0, 3.0, 1.0, 0.0), 0.009)],
+    [
+        ("cosine", (0.4, 0.8, 1.0, 0.008), 0.65),
+        ("sigmoid", (0.0, 1.0, 1.0, 0.008), 0.685),
+        ("sigmoid", (-3.0, 3.0, 1.0, 0.0), 0.009),
+    ],
 )
 def test_paper_form_terminal_values(family, q, expected):
     a = alphas_cumprod_from(q_of(*q), family, "paper", 1000)
@@ -91,7 +95,11 @@ def test_golden_values_closed_form_and_numbers():
 @pytest.mark.parametrize("family", ["cosine", "sigmoid"])
 @pytest.mark.parametrize("parameterisation", ["chen2023", "paper"])
 def test_export_to_diffusers_reproduces_alphas_cumprod(family, parameterisation):
-    kw = dict(start=0.1, end=0.9, tau=1.3, eps=0.01) if family == "cosine" else dict(start=-2.0, end=4.0, tau=0.7, eps=0.1)
+    kw = (
+        dict(start=0.1, end=0.9, tau=1.3, eps=0.01)
+        if family == "cosine"
+        else dict(start=-2.0, end=4.0, tau=0.7, eps=0.1)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sched = NoiseSchedule(family, parameterisation, T=1000, **kw)

@@ -233,7 +233,8 @@ def test_make_searcher_plans():
     assert 0.01 <= c["lam"] <= 100
     greedy = make_searcher("greedy", ns, "fid_domain", "min", num_samples=6)
     assert greedy.trials == greedy.num_samples == 6 and greedy.search_alg.suggest("t") == ns.defaults()
-    with pytest.raises(ConfigError, match=r"choose one of \['grid', 'random', 'bayes', 'tpe', 'greedy', 'optuna_tpe', 'optuna_gp'\]"):
+    with pytest.raises(ConfigError, match=r"choose one of \['grid', 'random', 'bayes', 'tpe', 'greedy', 'optuna_tpe', "
+                                          r"'optuna_gp'\]"):
         make_searcher("bayesian", ns, "fid", "min")
     with pytest.raises(ConfigError, match="not supported"):
         make_searcher("bayes", {"x": tune.choice([1, 2])}, "fid", "min")

@@ -262,7 +262,9 @@ def test_lambda_bilevel_generation_is_inside_its_timed_trial():
 
 # -- the β0 calibration script ----------------------------------------------------------------------------------------
 def _lambda_problem():
-    spec = importlib.util.spec_from_file_location("_lambda_problem_under_test", REPO / "benchmarks" / "lambda_problem.py")
+    spec = importlib.util.spec_from_file_location(
+        "_lambda_problem_under_test", REPO / "benchmarks" / "lambda_problem.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -270,7 +272,18 @@ def _lambda_problem():
 
 
 #: A few seconds of calibration: smoke sampler, 4 images per seed and λ, three λ a decade apart.
-CALIBRATION_ARGS = ["--preset", "smoke", "--beta0", "0.01", "--pool", "48", "--min-ess", "4", "--lams", "0.4642,4.642,46.42"]
+CALIBRATION_ARGS = [
+    "--preset",
+    "smoke",
+    "--beta0",
+    "0.01",
+    "--pool",
+    "48",
+    "--min-ess",
+    "4",
+    "--lams",
+    "0.4642,4.642,46.42",
+]
 
 
 @pytest.mark.slow
@@ -300,7 +313,8 @@ def test_calibration_reads_only_the_validation_noise_of_development_seeds(monkey
              "--set", "prompt=a handwritten 3", "--out", str(tmp_path / "cal3.json")])
     entries = {e["conditions"]["prompt"]: e for e in load_calibrations(calibration_path(tmp_path))}
     targets = {r["conditions"]["prompt"]: r for r in load_stroke_targets(calibration_path(tmp_path))}
-    assert set(entries) == set(targets) == {"a handwritten 7", "a handwritten 3"} and entries["a handwritten 7"] == entry
+    assert set(entries) == set(targets) == {"a handwritten 7", "a handwritten 3"} and entries["a handwritten "
+                                                                                              "7"] == entry
     for record in (*entries.values(), *targets.values()):
         assert min(record["provenance"]["fitted_on"]["seeds"]) >= MIN_DEVELOPMENT_SEED
     three = RewardLambdaTask({"preset": "smoke", "seed": 0, "model_path": str(tmp_path), "prompt": "a handwritten 3"})
@@ -309,7 +323,11 @@ def test_calibration_reads_only_the_validation_noise_of_development_seeds(monkey
     with pytest.raises(SplitReadError):  # the guard is real: the F(λ) table on the test noise reads the test split
         lp.run({"preset": "smoke", "beta0": 0.01}, 48, 4.0, tmp_path / "t.pt", seeds=[0], split="test",
                lams=[0.4642, 4.642])
-    for bad in (["--split", "test"], ["--seeds", "0-4"], ["--seeds", f"{MIN_DEVELOPMENT_SEED - 1},{MIN_DEVELOPMENT_SEED}"]):
+    for bad in (
+        ["--split", "test"],
+        ["--seeds", "0-4"],
+        ["--seeds", f"{MIN_DEVELOPMENT_SEED - 1},{MIN_DEVELOPMENT_SEED}"],
+    ):
         with pytest.raises(SystemExit) as exc:
             lp.main([*CALIBRATION_ARGS, "--calibrate", *bad, "--out", str(tmp_path / "refused.json")])
         assert exc.value.code == 2, bad
@@ -340,7 +358,11 @@ def test_calibration_entries_fitted_on_test_or_benchmark_seeds_are_refused(tmp_p
     cond = {"prompt": "a handwritten 7", "reward": "ink", "y_star": 100.0, "target": "fixed", "reduction": "sum",
             "cfg_scale": 1.0, "steps": 4}
     config = {"preset": "smoke", "seed": 0, "model_path": str(tmp_path), "ink_target": 18.0}
-    for fitted in ({"split": "test", "seeds": [100]}, {"split": "val", "seeds": [0]}, {"split": "val", "seeds": [99, 100]}):
+    for fitted in (
+        {"split": "test", "seeds": [100]},
+        {"split": "val", "seeds": [0]},
+        {"split": "val", "seeds": [99, 100]},
+    ):
         write_calibration(tmp_path / CALIBRATION_FILE,
                           {"conditions": cond, "beta0": 0.01, "provenance": {"fitted_on": fitted}})
         with pytest.raises(ConfigError, match="development seeds >= 100"):

@@ -7,19 +7,11 @@ import math
 import pytest
 import torch
 
-from ray_bilevel.config import ConfigError
 from ray_bilevel.tasks import _REGISTRY, get_task
 
 
-def _task_or_skip(name: str):
-    try:
-        return get_task(name)
-    except ConfigError as exc:  # a task whose module has not landed yet
-        pytest.skip(str(exc))
-
-
 def _build(name: str, seed: int = 0):
-    return _task_or_skip(name)({"task": name, "preset": "smoke", "seed": seed})
+    return get_task(name)({"task": name, "preset": "smoke", "seed": seed})
 
 
 def _assert_finite(report: dict, where: str) -> None:

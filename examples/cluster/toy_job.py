@@ -38,9 +38,11 @@ NAME = "toy_job"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--address", default=None, help="None/local: private local Ray; auto or host:port: join a cluster")
-    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a private local instance (ignored on a cluster)")
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a private local instance (ignored on a "
+                                                                "cluster)")
     p.add_argument("--resources-per-trial", default="cpu=1", help="e.g. cpu=1,gpu=0.5 (fractional GPUs share a GPU)")
-    p.add_argument("--storage-path", default=None, help="absolute shared folder or URI (s3://...) for results/checkpoints")
+    p.add_argument("--storage-path", default=None, help="absolute shared folder or URI (s3://...) for "
+                                                        "results/checkpoints")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one trial per seed")
     p.add_argument("--iterations", type=int, default=40, help="Tune iterations per trial")
     p.add_argument("--max-failures", type=int, default=2, help="retries per trial, each from its last checkpoint")

@@ -1,7 +1,8 @@
 """Rebuild the shipped FID features: ``python -m ray_bilevel.assets.build_fid_features``.
 
 The noise-schedule task scores its final Inception FID against at most ``final_real`` held-out real images of a
-split (docs/algorithms.md §4). Their pool3 features cost about 110 CPU-s per split of 500 images at the quick preset (2 CPU cores), once
+split (docs/algorithms.md §4). Their pool3 features cost about 110 CPU-s per split of 500 images at the quick preset
+(2 CPU cores), once
 per machine. This script computes them for the shipped data (``mnist5k``) at the given presets and both splits, and
 writes them to ``assets/fid_features/`` as float16 safetensors, each keyed by the extractor's weights, its
 preprocessing and the images' exact bytes (:func:`~ray_bilevel.metrics.fid.features_key`);
@@ -68,7 +69,8 @@ def build(presets: tuple[str, ...] = ("smoke", "quick"), log: Any = print) -> di
             key = features_key(ext, images)
             path = save_shipped_features(key, feats[split], {"label": label, "preset": preset, "split": split})
             cpu = time.process_time() - t0
-            log(f"{preset}/{split}: {len(images)} images, {cpu:.0f} CPU-s -> {path.name} ({path.stat().st_size / 1e6:.2f} MB)")
+            log(f"{preset}/{split}: {len(images)} images, {cpu:.0f} CPU-s -> {path.name} "
+                f"({path.stat().st_size / 1e6:.2f} MB)")
             record["files"].append({"file": path.name, "preset": preset, "split": split, "label": label,
                                     "n": len(images), "dim": int(ext.dim), "bytes": path.stat().st_size,
                                     "features_cpu_s": round(cpu, 1)})

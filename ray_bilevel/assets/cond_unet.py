@@ -32,7 +32,8 @@ def load_cond_unet(model_dir: str | Path | None = None) -> tuple[Any, Any]:
     path = Path(model_dir) if model_dir is not None else COND_UNET_DIR
     if not (path / "config.json").exists():
         raise FileNotFoundError(
-            f"no pretrained U-Net in {path}; rebuild it with `python -m ray_bilevel.assets.train_cond_unet --out {path}`."
+            f"no pretrained U-Net in {path}; rebuild it with `python -m ray_bilevel.assets.train_cond_unet --out "
+            f"{path}`."
         )
     unet = UNet2DModel.from_pretrained(path, torch_dtype=torch.float32, low_cpu_mem_usage=False)
     unet = watch(unet.eval().requires_grad_(False), "unet")  # counted towards cost_flops (ray_bilevel.cost)

@@ -11,7 +11,8 @@ augmentation (``train_digit_classifier.py``) down-samples to 12–20 px and back
 this reason.
 
 Architecture: three 3×3 conv blocks (32, 64, 64 channels, ReLU, 2×2 max-pool) → 576 →
-fc 64 (the penultimate layer; :meth:`DigitClassifier.features`) → ReLU → fc 10. About 93 k parameters (0.37 MB in float32).
+fc 64 (the penultimate layer; :meth:`DigitClassifier.features`) → ReLU → fc 10. About 93 k parameters (0.37 MB in
+float32).
 
 The weights live in ``ray_bilevel/assets/digit_classifier.safetensors`` with their training
 record in ``digit_classifier.json``; rebuild them with
@@ -51,7 +52,8 @@ class DigitClassifier(nn.Module):
     def prepare(x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) in [-1, 1] with C in {1, 3} → (N, 1, 28, 28)."""
         if x.dim() != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"DigitClassifier expects (N, 1 or 3, H, W) images in [-1, 1], got shape {tuple(x.shape)}.")
+            raise ValueError("DigitClassifier expects (N, 1 or 3, H, W) images in [-1, 1], got shape "
+                             f"{tuple(x.shape)}.")
         if x.shape[1] == 3:
             w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
             x = (x * w).sum(dim=1, keepdim=True)

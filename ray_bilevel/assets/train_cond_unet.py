@@ -142,13 +142,26 @@ def train(
     ema.half().save_pretrained(out_dir, safe_serialization=True)  # fp16 storage (2 MB); loads back as fp32
     sched.save_pretrained(out_dir)
     record = {
-        "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "lr_schedule": "linear warm-up then cosine to 10%",
-        "warmup": warmup, "ema_decay": ema_decay, "p_uncond": p_uncond, "null_class": NULL_CLASS,
-        "optimizer": "AdamW(weight_decay=0), grad-norm clip 1.0", "loss": "DDPM epsilon MSE",
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "lr_schedule": "linear warm-up then cosine to 10%",
+        "warmup": warmup,
+        "ema_decay": ema_decay,
+        "p_uncond": p_uncond,
+        "null_class": NULL_CLASS,
+        "optimizer": "AdamW(weight_decay=0), grad-norm clip 1.0",
+        "loss": "DDPM epsilon MSE",
         "schedule": "cosine (Nichol & Dhariwal), squaredcos_cap_v2, T=1000",
-        "data": f"ray_bilevel.data.load_images('mnist5k', image_size=16, split='train'): {n} images (heldout_fraction 0.2, split_seed 0), antialiased bilinear 28->16, range [-1, 1]",
-        "image_size": IMAGE_SIZE, "storage": "float16 safetensors (EMA weights)", "params": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(train_s, 1), "threads": threads, "torch": torch.__version__,
+        "data": f"ray_bilevel.data.load_images('mnist5k', image_size=16, split='train'): {n} images (heldout_fraction "
+        "0.2, split_seed 0), antialiased bilinear 28->16, range [-1, 1]",
+        "image_size": IMAGE_SIZE,
+        "storage": "float16 safetensors (EMA weights)",
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(train_s, 1),
+        "threads": threads,
+        "torch": torch.__version__,
     }
     (out_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved to {out_dir} after {train_s:.0f}s", flush=True)

@@ -60,12 +60,20 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on (images, labels)."""
     model.eval()
-    correct = sum(int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum()) for i in range(0, len(images), batch))
+    correct = sum(
+        int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
+        for i in range(0, len(images), batch)
+    )
     return correct / len(images)
 
 
 def train(
-    seed: int = 0, epochs: int = 20, batch_size: int = 128, lr: float = 3e-3, label_smoothing: float = 0.0, log: bool = True
+    seed: int = 0,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    label_smoothing: float = 0.0,
+    log: bool = True,
 ) -> tuple[DigitClassifier, dict]:
     """Train on the mnist5k train split; return the model and its record (held-out accuracies)."""
     start = time.time()
@@ -97,7 +105,8 @@ def train(
             total += float(loss.detach()) * len(idx)
         if log and (epoch % 5 == 4 or epoch == epochs - 1):
             print(f"epoch {epoch + 1}/{epochs}  loss {total / len(tr):.4f}  held-out acc28 "
-                  f"{accuracy(model, ho28.images, ho28.labels):.4f}  acc16 {accuracy(model, ho16.images, ho16.labels):.4f}  "
+                  f"{accuracy(model, ho28.images, ho28.labels):.4f}  acc16 "
+                  f"{accuracy(model, ho16.images, ho16.labels):.4f}  "
                   f"{time.time() - start:.0f}s", flush=True)
     model.eval()
     record = {
@@ -125,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights path (.safetensors); the JSON goes beside it")
+    p.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights path (.safetensors); the JSON goes beside "
+                                                                  "it")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from safetensors.torch import save_file

@@ -58,8 +58,14 @@ def schedule_sm_gradients(schedule: NoiseSchedule, networks: Sequence[torch.nn.M
     return out
 
 
-def sm_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x0: Tensor, alphas: Tensor, generator: torch.Generator,
-            before_step: Callable[[], None] | None = None) -> float:
+def sm_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x0: Tensor,
+    alphas: Tensor,
+    generator: torch.Generator,
+    before_step: Callable[[], None] | None = None,
+) -> float:
     """One optimiser step of ``net`` on SM(net; q) (eq. 24) with (t, ε) from ``generator``; ``before_step`` runs after
     the backward pass (e.g. to add (1/γ) ĝ_z, §3.4). Returns the loss."""
     t, noise = draw_t_noise(x0, alphas.shape[0], generator)
@@ -103,7 +109,8 @@ class ScheduleStepper:
                  mu: float = 0.01, directions: int = 1, label: str = "noise_schedule") -> None:
         missing = [n for n in NAMES if n not in lrs]
         if missing:
-            raise ConfigError(f"schedule learning rates for {missing} are missing; give one per parameter of {list(NAMES)}.")
+            raise ConfigError(f"schedule learning rates for {missing} are missing; give one per parameter of "
+                              f"{list(NAMES)}.")
         if estimator not in ESTIMATORS:
             raise ConfigError(f"unknown schedule estimator {estimator!r}; choose one of {list(ESTIMATORS)}.")
         self.schedule, self.lrs = schedule, {n: float(lrs[n]) for n in NAMES}
@@ -129,7 +136,8 @@ class ScheduleStepper:
             res = coordinate_zo(f, q0, self.mu, lower, upper, skip=frozen)
         direction = penalty_combine(res.grad, h_z, h_y, gamma) / gamma  # = g_q/gamma + (h_z - h_y)
         if not bool(torch.isfinite(direction).all()):
-            raise FloatingPointError(f"non-finite schedule hypergradient {direction.tolist()} at q={q0.tolist()}; lower zo_mu or the hyper learning rates.")
+            raise FloatingPointError(f"non-finite schedule hypergradient {direction.tolist()} at q={q0.tolist()}; "
+                                     "lower zo_mu or the hyper learning rates.")
         self.opt.zero_grad(set_to_none=True)
         for p, g in zip(params, direction):
             p.grad = g.clone().to(p.dtype)

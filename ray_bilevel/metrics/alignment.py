@@ -139,7 +139,9 @@ class CLIPScore(nn.Module):
         self._text_cache: dict[str, tuple[torch.Tensor, dict[str, float]]] = {}
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = DEFAULT_MODEL, allow_download: bool = False) -> CLIPScore:
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike = DEFAULT_MODEL, allow_download: bool = False
+    ) -> CLIPScore:
         """Load a CLIP model from a local folder or the local HF cache; the network only with ``allow_download``."""
         from transformers import AutoTokenizer, CLIPModel
 
@@ -166,8 +168,15 @@ class CLIPScore(nn.Module):
         def encode() -> torch.Tensor:
             tokens = self.tokenizer([prompt], padding=True, truncation=True, return_tensors="pt")
             with torch.no_grad():
-                feats = _features(count_call("clip", self.model, self.model.get_text_features,
-                                             input_ids=tokens["input_ids"], attention_mask=tokens.get("attention_mask")))
+                feats = _features(
+                    count_call(
+                        "clip",
+                        self.model,
+                        self.model.get_text_features,
+                        input_ids=tokens["input_ids"],
+                        attention_mask=tokens.get("attention_mask"),
+                    )
+                )
             return F.normalize(feats[0].float(), dim=-1)
 
         return cached(self._text_cache, prompt, f"clip_text:{self.model.config.name_or_path}:{prompt}", encode)

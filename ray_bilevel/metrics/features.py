@@ -143,7 +143,9 @@ class InceptionExtractor:
 #: activations stay in cache, are about 1.4x faster than 32 at one thread).
 _INCEPTION_CPU_CHUNK = 8
 #: TorchScript Inception -> (state stamp, its CPU inference copy or None); see :func:`_fast_inception`.
-_FAST_INCEPTION: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Module | None]] = weakref.WeakKeyDictionary()
+_FAST_INCEPTION: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Module | None]] = (
+    weakref.WeakKeyDictionary()
+)
 #: Largest relative difference (to max |feature|) accepted between the fast copy and the original network.
 _FAST_INCEPTION_RTOL = 1e-4
 
@@ -171,10 +173,12 @@ def _fast_inception(model: torch.nn.Module) -> torch.nn.Module | None:
             want, got = model(probe), fast(probe)
         err = float((want - got).abs().max()) / max(float(want.abs().max()), 1e-12)
         if got.shape != want.shape or not err <= _FAST_INCEPTION_RTOL:
-            warnings.warn(f"inception_extractor: the optimised CPU copy differs by {err:.2g} (relative); using the original network.", stacklevel=3)
+            warnings.warn(f"inception_extractor: the optimised CPU copy differs by {err:.2g} (relative); using the "
+                          "original network.", stacklevel=3)
             fast = None
     except Exception as exc:  # an unexpected graph or torch version: the original network is always correct
-        warnings.warn(f"inception_extractor: cannot build the optimised CPU copy ({exc!r:.200}); using the original network.", stacklevel=3)
+        warnings.warn(f"inception_extractor: cannot build the optimised CPU copy ({exc!r:.200}); using the original "
+                      "network.", stacklevel=3)
         fast = None
     _FAST_INCEPTION[model] = (stamp, fast)
     return fast
@@ -239,7 +243,9 @@ class DigitExtractor:
         features, chunk = self.model.features, self.batch_size
         if device.type == "cpu" and type(self.model) is DigitClassifier:  # not a subclass: it may change features()
             features, chunk = functools.partial(_digit_features_cpu, self.model), min(chunk, _DIGIT_CPU_CHUNK)
-        return torch.cat([features(images[i : i + chunk].to(device)).float().cpu() for i in range(0, len(images), chunk)])
+        return torch.cat(
+            [features(images[i : i + chunk].to(device)).float().cpu() for i in range(0, len(images), chunk)]
+        )
 
 
 #: CPU chunk of :class:`DigitExtractor` (benchmarks/micro.py: 32-64 images per pass are the fastest at one thread).
@@ -302,7 +308,9 @@ def _load_inception(backend: str, path: str | None, device: str) -> torch.nn.Mod
     return model.eval().to(device)
 
 
-def inception_extractor(allow_download: bool = False, *, device: str | torch.device = "cpu", batch_size: int = 32) -> InceptionExtractor:
+def inception_extractor(
+    allow_download: bool = False, *, device: str | torch.device = "cpu", batch_size: int = 32
+) -> InceptionExtractor:
     """The FID InceptionV3 (pool3) extractor; offline unless ``allow_download=True``.
 
     Raises:

@@ -8,7 +8,8 @@ FID = ‖μ_r − μ_f‖² + tr(Σ_r + Σ_f − 2 (Σ_r Σ_f)^{1/2})  (docs/alg
   tiny negative eigenvalues from round-off are clamped to 0.
 * :func:`frechet_distance_reference` calls pytorch-fid's scipy-``sqrtm`` implementation and is
   the ground truth in tests.
-* :func:`feature_stats` implements the covariance rule of docs/algorithms.md §4: the plain sample covariance, or the shrinkage
+* :func:`feature_stats` implements the covariance rule of docs/algorithms.md §4: the plain sample covariance, or the
+  shrinkage
   Σ̂ = (1−ρ)S + ρ·(tr S/d)·I with a fixed ρ or the Ledoit–Wolf ρ (``shrinkage="ledoit_wolf"``);
   the ρ used is recorded in :class:`FeatureStats`.
 * :class:`FIDEvaluator` computes the real statistics once (cached under
@@ -133,7 +134,8 @@ def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     """‖μ_a − μ_b‖² + tr Σ_a + tr Σ_b − 2 Σ_k sqrt(λ_k(Σ_a^{1/2} Σ_b Σ_a^{1/2})), float64 (docs/algorithms.md §4)."""
     if a.mu.shape != b.mu.shape:
-        raise ConfigError(f"feature dimensions differ: {tuple(a.mu.shape)} vs {tuple(b.mu.shape)}; use the same extractor.")
+        raise ConfigError(f"feature dimensions differ: {tuple(a.mu.shape)} vs {tuple(b.mu.shape)}; use the same "
+                          "extractor.")
     return _frechet(a, b, _psd_sqrt(a.sigma.to(torch.float64)))
 
 
@@ -180,7 +182,8 @@ def frechet_distance_reference(a: FeatureStats, b: FeatureStats) -> float:
     from pytorch_fid.fid_score import calculate_frechet_distance
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # scipy >= 1.17 deprecates sqrtm(disp=...), which pytorch-fid passes
+        # scipy >= 1.17 deprecates sqrtm(disp=...), which pytorch-fid passes
+        warnings.simplefilter("ignore", DeprecationWarning)
         return float(
             calculate_frechet_distance(a.mu.numpy(), a.sigma.numpy(), b.mu.numpy(), b.sigma.numpy())
         )
@@ -237,7 +240,8 @@ def save_shipped_features(key: dict[str, Any], features: torch.Tensor, metadata:
 
     half = features.detach().to(torch.float16).contiguous().cpu()
     if not torch.isfinite(half).all():
-        raise ConfigError(f"features of {key['extractor']} overflow float16 (max |x| = {float(features.abs().max()):.4g}).")
+        raise ConfigError(f"features of {key['extractor']} overflow float16 (max |x| = "
+                          f"{float(features.abs().max()):.4g}).")
     path = shipped_features_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"features": half}, str(path), metadata={**(metadata or {}), "key": json.dumps(key, sort_keys=True)})
@@ -310,7 +314,10 @@ class FIDEvaluator:
         self.extractor = extractor
         self.batch_size = int(batch_size)
         self.shrinkage = shrinkage
-        self.key_parts: dict[str, Any] = {**features_key(extractor, real_images), "shrinkage": _shrinkage_spec(shrinkage)}
+        self.key_parts: dict[str, Any] = {
+            **features_key(extractor, real_images),
+            "shrinkage": _shrinkage_spec(shrinkage),
+        }
         key_json = json.dumps(self.key_parts, sort_keys=True)
         digest = hashlib.sha256(key_json.encode()).hexdigest()[:24]
         label = "" if cache_key is None else f"-{_safe(str(cache_key))[:64]}"
@@ -338,14 +345,24 @@ class FIDEvaluator:
             return None
         try:
             with np.load(self.cache_path, allow_pickle=False) as z:
-                recorded = (int(z["version"]), str(z["weights_fingerprint"]), str(z["images_fingerprint"]), str(z["key"]))
-                stats = FeatureStats(torch.from_numpy(z["mu"]), torch.from_numpy(z["sigma"]), int(z["n"]), float(z["shrinkage"]))
+                recorded = (
+                    int(z["version"]),
+                    str(z["weights_fingerprint"]),
+                    str(z["images_fingerprint"]),
+                    str(z["key"]),
+                )
+                stats = FeatureStats(
+                    torch.from_numpy(z["mu"]), torch.from_numpy(z["sigma"]), int(z["n"]), float(z["shrinkage"])
+                )
         except Exception as exc:  # truncated/foreign file: recompute and overwrite
-            warnings.warn(f"ignoring unreadable FID stats cache {self.cache_path} ({exc!r}); recomputing.", stacklevel=3)
+            warnings.warn(
+                f"ignoring unreadable FID stats cache {self.cache_path} ({exc!r}); recomputing.", stacklevel=3
+            )
             return None
         expected = (_STATS_VERSION, self.key_parts["weights"], self.key_parts["images"], self._key_json)
         if recorded != expected:
-            warnings.warn(f"FID stats cache {self.cache_path} records another extractor/image set; recomputing.", stacklevel=3)
+            warnings.warn(f"FID stats cache {self.cache_path} records another extractor/image set; "
+                          "recomputing.", stacklevel=3)
             return None
         return stats
 
@@ -364,7 +381,9 @@ class FIDEvaluator:
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Extractor features of (N, C, H, W) images in batches of ``batch_size``, no grad."""
         with torch.no_grad():
-            return torch.cat([self.extractor(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)])
+            return torch.cat(
+                [self.extractor(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+            )
 
     def stats(self, images: torch.Tensor) -> FeatureStats:
         """:class:`FeatureStats` of ``images`` with this evaluator's shrinkage."""
@@ -375,7 +394,8 @@ class FIDEvaluator:
         n, dim = int(fake_images.shape[0]), int(self.extractor.dim)
         if n < dim + 1 and self.shrinkage == 0.0:
             warnings.warn(
-                f"FID with {n} fake images for {dim}-d features: the covariance is rank-deficient (docs/algorithms.md §4); "
+                f"FID with {n} fake images for {dim}-d features: the covariance is rank-deficient (docs/algorithms.md "
+                "§4); "
                 f"use >= {dim + 1} images or shrinkage > 0.",
                 stacklevel=2,
             )

@@ -26,7 +26,8 @@ __all__ = ["inception_score", "inception_score_from_log_probs", "classifier_ince
 def inception_score_from_log_probs(log_probs: torch.Tensor, splits: int = 1) -> tuple[float, float]:
     """IS from (N, K) log p(y|x); entries may be -inf (probability 0). Returns (mean, std)."""
     if log_probs.dim() != 2 or log_probs.shape[0] < 1:
-        raise ConfigError(f"inception score needs (N, K) class (log-)probabilities, got shape {tuple(log_probs.shape)}.")
+        raise ConfigError("inception score needs (N, K) class (log-)probabilities, got shape "
+                          f"{tuple(log_probs.shape)}.")
     if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= log_probs.shape[0]:
         raise ConfigError(f"splits must be an integer in [1, N={log_probs.shape[0]}], got {splits!r}.")
     lp = log_probs.detach().to(torch.float64)

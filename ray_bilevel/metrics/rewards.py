@@ -104,7 +104,8 @@ class StrokeTargetScore(nn.Module):
 def resnet_preprocess(x: torch.Tensor, size: int = 224) -> torch.Tensor:
     """[-1, 1] images → ``((x+1)/2).clamp(0,1)`` → RGB → bilinear (antialiased) resize to ``size`` → CLIP-normalised.
 
-    This is the released reward model's input pipeline (docs/algorithms.md §2.5) without its double rescaling bug (§6.15).
+    This is the released reward model's input pipeline (docs/algorithms.md §2.5) without its double rescaling bug
+    (§6.15).
     """
     check_range(x)
     if x.shape[1] == 1:
@@ -124,14 +125,16 @@ def _find_imagenet_weights(path: str | os.PathLike | None) -> Path | None:
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"ResNet-18 weights {p} not found; pass an existing .pth file or weights_path=None.")
+            raise FileNotFoundError(f"ResNet-18 weights {p} not found; pass an existing .pth file or "
+                                    "weights_path=None.")
         return p
     candidate = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_IMAGENET_FILE
     return candidate if candidate.is_file() else None
 
 
 class ResNetReward(nn.Module):
-    """The synthetic reward of docs/algorithms.md §2.5: ResNet-18 backbone, ``fc = Linear(512, 1)`` with a seeded random init.
+    """The synthetic reward of docs/algorithms.md §2.5: ResNet-18 backbone, ``fc = Linear(512, 1)`` with a seeded
+    random init.
 
     Args:
         weights_path: ImageNet ResNet-18 ``.pth`` (state dict); ``None`` looks in the torch hub cache and
@@ -157,7 +160,8 @@ class ResNetReward(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             missing, unexpected = net.load_state_dict(state, strict=False)
             if unexpected or set(missing) != {"fc.weight", "fc.bias"}:
-                raise ConfigError(f"{found} is not a torchvision ResNet-18 state dict (missing {missing}, unexpected {unexpected}).")
+                raise ConfigError(f"{found} is not a torchvision ResNet-18 state dict (missing {missing}, unexpected "
+                                  f"{unexpected}).")
         self.weights = "random" if found is None else ("file" if weights_path is not None else "imagenet")
         self.weights_file = str(found) if found is not None else ""
         self.net = net.eval().requires_grad_(False)

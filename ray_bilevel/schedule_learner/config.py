@@ -92,14 +92,16 @@ def check_learner_config(cfg: ScheduleLearnerConfig | Mapping[str, Any]) -> Sche
             raise ConfigError(f"ScheduleLearner {key}={getattr(cfg, key)!r} must be >= 1.")
     for key in ("gamma", "zo_mu"):
         if not getattr(cfg, key) > 0:
-            raise ConfigError(f"ScheduleLearner {key}={getattr(cfg, key)!r} must be > 0 (defaults: gamma=1, zo_mu=0.01).")
+            raise ConfigError(f"ScheduleLearner {key}={getattr(cfg, key)!r} must be > 0 (defaults: gamma=1, "
+                              "zo_mu=0.01).")
     for key in ("lr_start", "lr_end", "lr_tau", "lr_eps"):
         if not getattr(cfg, key) >= 0:
             raise ConfigError(f"ScheduleLearner {key}={getattr(cfg, key)!r} must be >= 0 (0 freezes that parameter).")
     if cfg.estimator not in ESTIMATORS:
         raise ConfigError(f"ScheduleLearner estimator={cfg.estimator!r}; choose one of {list(ESTIMATORS)}.")
     if cfg.zo_steps > cfg.T:
-        raise ConfigError(f"ScheduleLearner zo_steps={cfg.zo_steps} DDIM steps cannot exceed T={cfg.T}; lower zo_steps.")
+        raise ConfigError(f"ScheduleLearner zo_steps={cfg.zo_steps} DDIM steps cannot exceed T={cfg.T}; lower "
+                          "zo_steps.")
     if not 0.0 <= cfg.fid_shrinkage <= 1.0:
         raise ConfigError(f"ScheduleLearner fid_shrinkage={cfg.fid_shrinkage!r} must be in [0, 1].")
     return cfg

@@ -102,7 +102,8 @@ class ScheduleLearner:
         self.unet = watch(unet, cfg.network_name)  # counted compute: every call books FLOPs to the active meter
         self.shape = image_shape_of(unet, heldout_images)
         if metric is None and heldout_images is None:
-            raise ConfigError("the default metric (domain FID) needs heldout_images=(N, C, H, W) real images you do not "
+            raise ConfigError("the default metric (domain FID) needs heldout_images=(N, C, H, W) real images you do "
+                              "not "
                               "train on; pass them, or your own metric=images -> float.")
         if metric is None and cfg.fid_shrinkage == 0 and cfg.zo_samples <= 64:
             raise ConfigError(f"zo_samples={cfg.zo_samples} <= 64 digit-feature dimensions with fid_shrinkage=0: the "
@@ -186,7 +187,9 @@ class ScheduleLearner:
 
             def f(qv: Tensor) -> float:  # common random numbers: x_T, timesteps and features fixed
                 s = self.schedule
-                images = self.sampler(net, alphas_cumprod_from(qv, s.family, s.parameterisation, s.T, s.clip_min).to(device), x_T)
+                images = self.sampler(
+                    net, alphas_cumprod_from(qv, s.family, s.parameterisation, s.T, s.clip_min).to(device), x_T
+                )
                 return checked_value(self.metric(images), qv.tolist(), c.zo_samples)
 
             report.update(self.stepper.step(f, c.gamma, h_z, h_y, self.gens["zo"], metric=c.metric_name))
@@ -209,11 +212,15 @@ class ScheduleLearner:
 
     # -- the penalty term (optional) -----------------------------------------------------------
     @staticmethod
-    def _penalty_network(unet: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def _penalty_network(
+        unet: nn.Module, optimizer: torch.optim.Optimizer | None
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
         """z, a separate copy of the U-Net, and an optimizer of the user's class and groups over z's parameters."""
         if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-            raise ConfigError(f"penalty=True copies the optimizer's moments into z and needs the user's Adam/AdamW, got "
-                              f"optimizer={type(optimizer).__name__}; pass optimizer=<your AdamW> or set penalty=False.")
+            raise ConfigError("penalty=True copies the optimizer's moments into z and needs the user's Adam/AdamW, "
+                              "got "
+                              f"optimizer={type(optimizer).__name__}; pass optimizer=<your AdamW> or set "
+                              "penalty=False.")
         z = copy.deepcopy(unet)
         index = {id(p): i for i, p in enumerate(unet.parameters())}
         z_params = list(z.parameters())
@@ -223,7 +230,12 @@ class ScheduleLearner:
             if missing:
                 raise ConfigError(f"the optimizer holds {len(missing)} parameter(s) that are not the U-Net's; pass the "
                                   "optimizer of the U-Net alone with penalty=True.")
-            groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": [z_params[index[id(p)]] for p in g["params"]]})
+            groups.append(
+                {
+                    **{k: v for k, v in g.items() if k != "params"},
+                    "params": [z_params[index[id(p)]] for p in g["params"]],
+                }
+            )
         return z, type(optimizer)(groups)
 
     def _penalty_steps(self, alphas: Tensor) -> dict[str, float]:
@@ -232,9 +244,13 @@ class ScheduleLearner:
         for gz, g in zip(self.opt_z.param_groups, self.optimizer.param_groups):
             gz["lr"] = g["lr"]  # the user's learning-rate schedule, if any
         copy_with_moments_(self.z, self.opt_z, self.unet, self.optimizer)
-        losses = [sm_step(self.z, self.opt_z, self.last_x0, alphas, self.gens["penalty"]) for _ in range(self.cfg.inner_z)]
+        losses = [
+            sm_step(self.z, self.opt_z, self.last_x0, alphas, self.gens["penalty"]) for _ in range(self.cfg.inner_z)
+        ]
         with torch.no_grad():
-            dist = math.sqrt(sum(float((pz - py).pow(2).sum()) for pz, py in zip(self.z.parameters(), self.unet.parameters())))
+            dist = math.sqrt(
+                sum(float((pz - py).pow(2).sum()) for pz, py in zip(self.z.parameters(), self.unet.parameters()))
+            )
         return {"z_loss": sum(losses) / len(losses), "zy_distance": dist}
 
     # -- exports ----------------------------------------------------------------------------------
@@ -289,7 +305,8 @@ class ScheduleLearner:
         kind = [k for k in ("family", "parameterisation", "T") if mine[k] != theirs[k]]
         if kind:
             raise ConfigError(f"the saved schedule has {', '.join(f'{k}={theirs[k]!r}' for k in kind)}, this learner "
-                              f"{', '.join(f'{k}={mine[k]!r}' for k in kind)}; build the learner with the saved settings.")
+                              f"{', '.join(f'{k}={mine[k]!r}' for k in kind)}; build the learner with the saved "
+                              "settings.")
         with torch.no_grad():
             for name, value in state["schedule"].items():
                 getattr(self.schedule, name).copy_(value)

@@ -66,7 +66,8 @@ def image_shape_of(unet: nn.Module, heldout_images: Tensor | None) -> tuple[int,
     if heldout_images is None:
         if channels is None or size is None:
             raise ConfigError("without heldout_images the learner needs the U-Net's config.in_channels and "
-                              "config.sample_size (a diffusers UNet2DModel has them); pass heldout_images=(N, C, H, W).")
+                              "config.sample_size (a diffusers UNet2DModel has them); pass heldout_images=(N, C, H, "
+                              "W).")
         return (int(channels), *size)
     if not isinstance(heldout_images, Tensor) or heldout_images.dim() != 4 or heldout_images.shape[0] < 2:
         shape = tuple(heldout_images.shape) if isinstance(heldout_images, Tensor) else type(heldout_images).__name__
@@ -74,7 +75,8 @@ def image_shape_of(unet: nn.Module, heldout_images: Tensor | None) -> tuple[int,
                           "(e.g. images[:, None] for (N, H, W) grey images).")
     shape = tuple(int(s) for s in heldout_images.shape[1:])
     if channels is not None and shape[0] != channels or size is not None and shape[1:] != size:
-        raise ConfigError(f"heldout_images are {shape} (C, H, W) but the U-Net takes ({channels}, {size[0] if size else '?'}, "
+        raise ConfigError(f"heldout_images are {shape} (C, H, W) but the U-Net takes ({channels}, "
+                          f"{size[0] if size else '?'}, "
                           f"{size[1] if size else '?'}); resize the held-out images to the training images' shape.")
     return shape
 
@@ -83,7 +85,8 @@ def check_batch(x0: Any, shape: tuple[int, ...]) -> Tensor:
     """``x0`` as a (B, C, H, W) tensor of the learner's image shape, else a one-line ConfigError naming the fix."""
     if not isinstance(x0, Tensor) or x0.dim() != 4 or tuple(x0.shape[1:]) != shape:
         got = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
-        raise ConfigError(f"the training batch has shape {got}, but the learner's images are (B, {', '.join(map(str, shape))}); "
+        raise ConfigError(f"the training batch has shape {got}, but the learner's images are (B, "
+                          f"{', '.join(map(str, shape))}); "
                           "pass the clean (B, C, H, W) images in [-1, 1] you train on.")
     return x0
 
@@ -96,6 +99,8 @@ def checked_value(value: Any, q: Sequence[float], n: int) -> float:
         raise ConfigError(f"the upper metric returned {value!r} ({type(value).__name__}); make it return one float "
                           "(lower is better).") from None
     if not math.isfinite(out):
-        raise FloatingPointError(f"the upper metric returned {out} on {n} samples at q={[round(v, 6) for v in q]}; make "
-                                 "it return a finite float (the default domain FID needs fid_shrinkage > 0 below 65 samples).")
+        raise FloatingPointError(f"the upper metric returned {out} on {n} samples at q={[round(v, 6) for v in q]}; "
+                                 "make "
+                                 "it return a finite float (the default domain FID needs fid_shrinkage > 0 below 65 "
+                                 "samples).")
     return out

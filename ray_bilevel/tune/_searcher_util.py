@@ -140,7 +140,9 @@ def describe_domain(dom: Any) -> str:
         name, args = "randn", f"{base.mean}, {base.sd}"
     else:
         log = isinstance(base, LogUniform)
-        name = ("lograndint" if log else "randint") if isinstance(dom, Integer) else ("loguniform" if log else "uniform")
+        name = (
+            ("lograndint" if log else "randint") if isinstance(dom, Integer) else ("loguniform" if log else "uniform")
+        )
         args = f"{dom.lower}, {dom.upper}"
     return f"tune.{'q' if q is not None else ''}{name}({args}{f', q={q}' if q is not None else ''})"
 

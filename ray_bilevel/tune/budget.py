@@ -7,7 +7,8 @@
         ≤  budget
 
 where "one full trial" is ``trial_cost`` when given, else the largest cost of a trial that ran to its end (its last
-result says ``complete``, or ``done`` for a trainable without that key), else, before any has, the largest extrapolation ``cost × iterations / training_iteration`` of
+result says ``complete``, or ``done`` for a trainable without that key), else, before any has, the largest
+extrapolation ``cost × iterations / training_iteration`` of
 a trial seen so far (an over-estimate: building a trial is front-loaded), else nothing limits the first trials (wrap
 it in a ``ConcurrencyLimiter``: a budget below ``max_concurrent`` full trials starts that many). So the method's total
 stays within one full trial of the budget, and a trial stopped early by a scheduler (ASHA) leaves its unspent share to

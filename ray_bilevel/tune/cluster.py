@@ -53,12 +53,22 @@ DEFAULT_RESOURCES: dict[str, float] = {"cpu": 1.0}
 #: URI schemes Tune's storage (pyarrow.fs) understands.
 URI_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az", "file", "mock"})
 
-_ALIASES = {"cpu": "cpu", "cpus": "cpu", "num_cpus": "cpu", "gpu": "gpu", "gpus": "gpu", "num_gpus": "gpu", "memory": "memory"}
+_ALIASES = {
+    "cpu": "cpu",
+    "cpus": "cpu",
+    "num_cpus": "cpu",
+    "gpu": "gpu",
+    "gpus": "gpu",
+    "num_gpus": "gpu",
+    "memory": "memory",
+}
 _RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
 _RESOURCE_UNIT = 1e-4  # Ray's resource precision
 
 
-def parse_resources(spec: str | Mapping[str, Any] | None, default: Mapping[str, float] | None = None) -> dict[str, float]:
+def parse_resources(
+    spec: str | Mapping[str, Any] | None, default: Mapping[str, float] | None = None
+) -> dict[str, float]:
     """Per-trial resources from ``"cpu=1,gpu=0.5"``, a JSON object or a mapping.
 
     Keys ``cpu``/``cpus``, ``gpu``/``gpus`` and ``memory`` (bytes) are case-insensitive; any
@@ -78,7 +88,8 @@ def parse_resources(spec: str | Mapping[str, Any] | None, default: Mapping[str, 
             try:
                 items = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"resources {spec!r} are not valid JSON ({exc.msg}); write e.g. cpu=1,gpu=0.5.") from None
+                raise ConfigError(f"resources {spec!r} are not valid JSON ({exc.msg}); write e.g. "
+                                  "cpu=1,gpu=0.5.") from None
             if not isinstance(items, dict):
                 raise ConfigError(f"resources {spec!r} must be a JSON object; write e.g. cpu=1,gpu=0.5.")
         else:
@@ -86,7 +97,8 @@ def parse_resources(spec: str | Mapping[str, Any] | None, default: Mapping[str, 
             for part in text.split(","):
                 key, sep, value = part.partition("=")
                 if not sep or not key.strip() or not value.strip():
-                    raise ConfigError(f"cannot read {part.strip()!r} in resources {spec!r}; write key=value pairs, e.g. cpu=1,gpu=0.5.")
+                    raise ConfigError(f"cannot read {part.strip()!r} in resources {spec!r}; write key=value pairs, "
+                                      "e.g. cpu=1,gpu=0.5.")
                 if key.strip() in items:
                     raise ConfigError(f"resource {key.strip()!r} is given twice in {spec!r}; give each resource once.")
                 items[key.strip()] = value.strip()
@@ -116,10 +128,12 @@ def _quantity(key: str, value: Any) -> float:
     if not math.isfinite(q) or q < 0:
         raise ConfigError(f"resource {key!r} must be a finite number >= 0, got {value!r}.")
     if 0 < q < _RESOURCE_UNIT:
-        raise ConfigError(f"resource {key!r}={value!r} is below Ray's precision of {_RESOURCE_UNIT}; use at least {_RESOURCE_UNIT}.")
+        raise ConfigError(f"resource {key!r}={value!r} is below Ray's precision of {_RESOURCE_UNIT}; use at least "
+                          f"{_RESOURCE_UNIT}.")
     if key == "gpu" and q > 1 and not q.is_integer():
         raise ConfigError(
-            f"gpu={q:g}: a trial can share one GPU (gpu < 1) or own whole GPUs; use gpu={math.floor(q)} or gpu={math.ceil(q)}."
+            f"gpu={q:g}: a trial can share one GPU (gpu < 1) or own whole GPUs; use gpu={math.floor(q)} or "
+            f"gpu={math.ceil(q)}."
         )
     return q
 
@@ -230,7 +244,12 @@ def init_ray(
             stacklevel=2,
         )
     try:
-        ray.init(address=target, log_to_driver=log_to_driver, runtime_env=dict(runtime_env) if runtime_env else None, **kwargs)
+        ray.init(
+            address=target,
+            log_to_driver=log_to_driver,
+            runtime_env=dict(runtime_env) if runtime_env else None,
+            **kwargs,
+        )
     except ConnectionError as exc:
         raise ConfigError(
             f"no Ray cluster found at address {target!r} ({str(exc).splitlines()[0]}); "
@@ -271,7 +290,8 @@ def validate_storage_path(path: str | os.PathLike[str] | None, *, create: bool =
     if is_uri(text):
         scheme = urlparse(text).scheme.lower()
         if scheme not in URI_SCHEMES:
-            raise ConfigError(f"storage_path {text!r} has an unknown scheme {scheme!r}; use an absolute folder or one of {sorted(URI_SCHEMES)}.")
+            raise ConfigError(f"storage_path {text!r} has an unknown scheme {scheme!r}; use an absolute folder or one "
+                              f"of {sorted(URI_SCHEMES)}.")
         if scheme != "file":
             return text
         local = urlparse(text).path
@@ -295,12 +315,14 @@ def _check_folder(folder: str, shown: str, create: bool) -> None:
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create storage_path {shown!r} ({exc.strerror}); pick a writable folder or a URI.") from None
+            raise ConfigError(f"cannot create storage_path {shown!r} ({exc.strerror}); pick a writable folder or a "
+                              "URI.") from None
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".ray_bilevel_write_test_"):
             pass
     except OSError as exc:
-        raise ConfigError(f"storage_path {shown!r} is not writable ({exc.strerror}); pick a writable folder or a URI.") from None
+        raise ConfigError(f"storage_path {shown!r} is not writable ({exc.strerror}); pick a writable folder or a "
+                          "URI.") from None
 
 
 def check_objective(metric: str, mode: str, task: Any = None) -> None:
@@ -320,4 +342,5 @@ def check_objective(metric: str, mode: str, task: Any = None) -> None:
     expected = next((m for m in (cls.metric_mode(metric) for cls in classes) if m is not None), None)
     if expected is not None and expected != mode:
         better = "lower" if expected == "min" else "higher"
-        raise ConfigError(f"metric {metric!r} is better {better}, but mode={mode!r} would optimise it the wrong way; use mode={expected!r}.")
+        raise ConfigError(f"metric {metric!r} is better {better}, but mode={mode!r} would optimise it the wrong way; "
+                          f"use mode={expected!r}.")

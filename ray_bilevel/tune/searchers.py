@@ -100,7 +100,9 @@ class SearchPlan:
         """``tune.TuneConfig`` with this plan's searcher and sample count."""
         from ray import tune
 
-        return tune.TuneConfig(metric=metric, mode=mode, search_alg=self.search_alg, num_samples=self.num_samples, **kwargs)
+        return tune.TuneConfig(
+            metric=metric, mode=mode, search_alg=self.search_alg, num_samples=self.num_samples, **kwargs
+        )
 
 
 def make_searcher(

@@ -222,13 +222,22 @@ class SkoptSearcher(PickledStateMixin, Searcher):
         rng = check_random_state(s["random_state"])
         estimator = s["base_estimator"]
         if estimator == "GP":  # exactly as gp_minimize builds it (one draw from rng first)
-            estimator = cook_estimator("GP", space=dims, random_state=rng.randint(0, np.iinfo(np.int32).max), noise=s["noise"])
+            estimator = cook_estimator(
+                "GP", space=dims, random_state=rng.randint(0, np.iinfo(np.int32).max), noise=s["noise"]
+            )
         self._opt = _skopt().Optimizer(
-            dims, estimator,
+            dims,
+            estimator,
             n_initial_points=s["n_initial_points"] + len(self._points_to_evaluate),
-            initial_point_generator=s["initial_point_generator"], acq_func=s["acq_func"],
-            acq_optimizer=s["acq_optimizer"], random_state=rng,
-            acq_optimizer_kwargs={"n_points": s["n_points"], "n_restarts_optimizer": s["n_restarts_optimizer"], "n_jobs": 1},
+            initial_point_generator=s["initial_point_generator"],
+            acq_func=s["acq_func"],
+            acq_optimizer=s["acq_optimizer"],
+            random_state=rng,
+            acq_optimizer_kwargs={
+                "n_points": s["n_points"],
+                "n_restarts_optimizer": s["n_restarts_optimizer"],
+                "n_jobs": 1,
+            },
             acq_func_kwargs={"xi": s["xi"], "kappa": s["kappa"]},
         )
         for p in self._points_to_evaluate:
@@ -312,7 +321,8 @@ class SkoptSearcher(PickledStateMixin, Searcher):
         y, why = finite_objective(self, result, error)
         if y is None:
             if self.penalty is None:
-                warnings.warn(f"SkoptSearcher: {who} {why}; its point is not told to the GP (pass penalty=... to tell a value).")
+                warnings.warn(f"SkoptSearcher: {who} {why}; its point is not told to the GP (pass penalty=... to tell "
+                              "a value).")
                 return
             if self.penalty != "worst":
                 y = float(self.penalty) if self._mode == "min" else -float(self.penalty)

@@ -73,7 +73,9 @@ def as_space(space: SearchSpace | Mapping[str, Any], n_calls: int = 15, acq_func
         elif isinstance(dom, Mapping):
             raise ConfigError(NESTED_IN_SPACE.format(name=name))
         elif isinstance(dom, Float) and math.isfinite(dom.lower) and math.isfinite(dom.upper):
-            params.append(Param(name, float(dom.lower), float(dom.upper), log=isinstance(dom.get_sampler(), LogUniform)))
+            params.append(
+                Param(name, float(dom.lower), float(dom.upper), log=isinstance(dom.get_sampler(), LogUniform))
+            )
         else:
             raise ConfigError(
                 f"space[{name!r}] = {describe_domain(dom)} is not supported; use tune.uniform, tune.loguniform or "

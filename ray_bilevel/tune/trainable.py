@@ -74,7 +74,8 @@ class _TaskTrainable(tune.Trainable):
 
     def _build(self, config: Mapping[str, Any]) -> None:
         if "task" not in config:
-            raise ConfigError("config must name a task: a registered name (ray_bilevel.tasks.registered_tasks()) or a Task subclass.")
+            raise ConfigError("config must name a task: a registered name (ray_bilevel.tasks.registered_tasks()) or a "
+                              "Task subclass.")
         cpu0 = time.process_time()
         task_cls = get_task(config["task"])
         self.task_config = {k: v for k, v in config.items() if k not in TRAINABLE_KEYS}
@@ -98,8 +99,11 @@ class _TaskTrainable(tune.Trainable):
     def _work(self) -> dict[str, float]:
         raise NotImplementedError
 
-    def _run_units(self, unit: Callable[[], dict[str, float]], count: int, limit: int | None = None) -> dict[str, float]:
-        """Run up to ``count`` units of work without passing ``limit`` (default: the budget); the last unit's metrics."""
+    def _run_units(
+        self, unit: Callable[[], dict[str, float]], count: int, limit: int | None = None
+    ) -> dict[str, float]:
+        """Run up to ``count`` units of work without passing ``limit`` (default: the budget); the last unit's
+        metrics."""
         metrics: dict[str, float] = {}
         limit = self._budget() if limit is None else limit
         for _ in range(count):
@@ -181,7 +185,8 @@ class _TaskTrainable(tune.Trainable):
             reason = f"{type(exc).__name__}: {first[0] if first else ''}"
             if "weights only load failed" in str(exc).lower():
                 reason = "refused by torch.load(weights_only=True): it holds objects that are not plain data"
-            raise ConfigError(f"cannot read checkpoint {path} ({reason}); it is corrupt or not from ray_bilevel.") from exc
+            raise ConfigError(f"cannot read checkpoint {path} ({reason}); it is corrupt or not from "
+                              "ray_bilevel.") from exc
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
             raise ConfigError(f"{path} is not a {_FORMAT} checkpoint; it was written by something else.")
         expected = self.task.name or type(self.task).__name__

@@ -29,14 +29,20 @@ class UpperMetrics:
     def __init__(self, cfg: NoiseScheduleSettings, device: torch.device) -> None:
         from ray_bilevel.data import load_images
 
-        self._kw: dict[str, Any] = dict(image_size=cfg.image_size, heldout_fraction=cfg.heldout_fraction, split_seed=cfg.split_seed,
-                        root=cfg.data_root, download=cfg.download)
+        self._kw: dict[str, Any] = dict(
+            image_size=cfg.image_size,
+            heldout_fraction=cfg.heldout_fraction,
+            split_seed=cfg.split_seed,
+            root=cfg.data_root,
+            download=cfg.download,
+        )
         if cfg.dataset == "mnist" and cfg.data_root is None and not cfg.download:
             raise ConfigError("dataset 'mnist' (full MNIST) needs data_root=<folder with MNIST/raw> or download=True; "
                               "offline, use dataset='mnist5k'.")
         train = load_images(cfg.dataset, split="train", **self._kw)
         if train.images.shape[0] < cfg.batch_size:
-            raise ConfigError(f"the training split has {train.images.shape[0]} images, fewer than batch_size={cfg.batch_size}.")
+            raise ConfigError(f"the training split has {train.images.shape[0]} images, fewer than "
+                              f"batch_size={cfg.batch_size}.")
         self.train_images = train.images
         self.cfg, self.device = cfg, device
         self._real: dict[str, Any] = {}

@@ -26,7 +26,9 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1):
     grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
     for i in range(n):
         r, k = divmod(i, nrow)
-        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = images[i]
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = images[
+            i
+        ]
     array = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(array[..., 0] if c == 1 else array)
 
@@ -53,8 +55,12 @@ def write_exports(directory: str, schedule: NoiseSchedule, images: torch.Tensor,
     settings) and ``samples.png`` (a grid of ``images``)."""
     os.makedirs(directory, exist_ok=True)
     ddim_scheduler(schedule).save_config(os.path.join(directory, "scheduler"))
-    full = {"schedule": schedule.to_config(), "sampler": {"ddim": "eta=0, clip x0", "spacing": "linspace", "steps": steps},
-            **record, "settings": {k: _jsonable(v) for k, v in settings.items()}}
+    full = {
+        "schedule": schedule.to_config(),
+        "sampler": {"ddim": "eta=0, clip x0", "spacing": "linspace", "steps": steps},
+        **record,
+        "settings": {k: _jsonable(v) for k, v in settings.items()},
+    }
     with open(os.path.join(directory, "noise_schedule.json"), "w") as fh:
         json.dump(full, fh, indent=1, allow_nan=False)
     scale = max(1, 128 // images.shape[-1])

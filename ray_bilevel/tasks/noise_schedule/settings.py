@@ -11,8 +11,17 @@ from typing import Any, Literal
 from ray_bilevel.config import ConfigError
 from ray_bilevel.space import Budget, Param, SearchSpace
 
-__all__ = ["NoiseScheduleSettings", "PRESETS", "check_settings", "search_space", "oracle_points", "BASELINES", "BUDGETS",
-           "ORACLE_DESIGN_POINTS", "ORACLE_DESIGN_SEED"]
+__all__ = [
+    "NoiseScheduleSettings",
+    "PRESETS",
+    "check_settings",
+    "search_space",
+    "oracle_points",
+    "BASELINES",
+    "BUDGETS",
+    "ORACLE_DESIGN_POINTS",
+    "ORACLE_DESIGN_SEED",
+]
 
 
 @dataclass
@@ -56,8 +65,10 @@ class NoiseScheduleSettings:
     inner_y: int = 50
     inner_z: int = 1
     z_init: Literal["previous", "copy_y"] = "previous"  # or "copy_y"
-    z_fid_grad: Literal["zo", "none", "surrogate"] = "zo"  # "none": z steps on SM only; "surrogate": + autograd of f~/gamma
-    # z_fid_grad="surrogate" (surrogate.py): f~ = Fréchet distance of the digit features of surrogate_samples DDIM samples
+    # "none": z steps on SM only; "surrogate": + autograd of f~/gamma
+    z_fid_grad: Literal["zo", "none", "surrogate"] = "zo"
+    # z_fid_grad="surrogate" (surrogate.py): f~ = Fréchet distance of the digit features of surrogate_samples DDIM
+    # samples
     # (surrogate_steps steps, a fresh x_T per z step) to the validation real statistics; the fake covariance is shrunk
     surrogate_samples: int = 32
     surrogate_steps: int = 10
@@ -70,7 +81,8 @@ class NoiseScheduleSettings:
     lr_end: float = 0.005
     lr_tau: float = 0.06
     lr_eps: float = 0.002
-    zo_q_estimator: Literal["coordinate", "gaussian"] = "coordinate"  # or "gaussian": eq. (14) with zo_directions Gaussian directions (paper)
+    # or "gaussian": eq. (14) with zo_directions Gaussian directions (paper)
+    zo_q_estimator: Literal["coordinate", "gaussian"] = "coordinate"
     zo_mu: float = 0.01
     zo_mu_z: float = 1e-3
     zo_directions: int = 1
@@ -80,7 +92,8 @@ class NoiseScheduleSettings:
     eval_steps: int | None = None  # None: = zo_steps (docs/algorithms.md §6)
     eval_samples: int = 1000
     eval_seed: int = 12345  # the same x_T for every trial: evaluations share their noise
-    fid_shrinkage: float | Literal["ledoit_wolf"] = 0.0  # rho in [0, 1] or "ledoit_wolf" (docs/algorithms.md §4); 0 needs >= 65 samples
+    # rho in [0, 1] or "ledoit_wolf" (docs/algorithms.md §4); 0 needs >= 65 samples
+    fid_shrinkage: float | Literal["ledoit_wolf"] = 0.0
     final_samples: int = 500  # Inception FID / classifier IS samples at final evaluation
     final_real: int = 1000  # held-out real images for the Inception statistics
     sample_batch: int = 500
@@ -91,37 +104,95 @@ class NoiseScheduleSettings:
 PRESETS: dict[str, dict[str, Any]] = {
     # tests: seconds
     "smoke": dict(
-        dataset="mnist5k", image_size=8, block_out_channels=(8, 16), batch_size=16, T=100, outer_steps=3,
-        warmup_outer=1, cooldown_outer=0, polish_outer=0, inner_y_warmup=2, inner_y=2, inner_z=1, zo_samples=12,
-        zo_steps=3, surrogate_samples=8, surrogate_steps=3, eval_samples=16, fid_shrinkage=0.2, final_samples=6, final_real=6, sample_batch=64,
+        dataset="mnist5k",
+        image_size=8,
+        block_out_channels=(8, 16),
+        batch_size=16,
+        T=100,
+        outer_steps=3,
+        warmup_outer=1,
+        cooldown_outer=0,
+        polish_outer=0,
+        inner_y_warmup=2,
+        inner_y=2,
+        inner_z=1,
+        zo_samples=12,
+        zo_steps=3,
+        surrogate_samples=8,
+        surrogate_steps=3,
+        eval_samples=16,
+        fid_shrinkage=0.2,
+        final_samples=6,
+        final_real=6,
+        sample_batch=64,
     ),
-    # the default main job on a 2-core CPU: mnist5k at 16 px, a 160 k-parameter U-Net (about 76 ms per training step at batch 64 on a 2-core CPU).
+    # the default main job on a 2-core CPU: mnist5k at 16 px, a 160 k-parameter U-Net (about 76 ms per training step at
+    # batch 64 on a 2-core CPU).
     # z = y copied (with its AdamW state) before each penalty step, z steps on SM only: measured, a 1-direction ZO
     # step on z's 1.6e5 weights (Adam-normalised) or a z that lags y ("previous") wrecks z, and the schedule's
     # ZO gradient is taken at z (docs/noise_schedule.md)
     "quick": dict(z_init="copy_y", z_fid_grad="none"),
-    # the paper's settings (docs/algorithms.md §3.4): full MNIST, 28 px, ~1.06 M-parameter U-Net, batch 128, 3 epochs (2 warm-up), GPU
+    # the paper's settings (docs/algorithms.md §3.4): full MNIST, 28 px, ~1.06 M-parameter U-Net, batch 128, 3 epochs (2
+    # warm-up), GPU
     "paper": dict(
-        dataset="mnist", image_size=28, block_out_channels=(32, 64, 64), batch_size=128, lr=1e-3, lr_z=1e-3,
-        weight_decay=0.01, lr_schedule="cosine", ema_decay=0.999, outer_steps=1407, warmup_outer=938, cooldown_outer=0,
-        polish_outer=0, inner_y_warmup=10, inner_y=10, inner_z=1, lr_start=0.01, lr_end=0.01, lr_tau=0.1, lr_eps=0.001,
+        dataset="mnist",
+        image_size=28,
+        block_out_channels=(32, 64, 64),
+        batch_size=128,
+        lr=1e-3,
+        lr_z=1e-3,
+        weight_decay=0.01,
+        lr_schedule="cosine",
+        ema_decay=0.999,
+        outer_steps=1407,
+        warmup_outer=938,
+        cooldown_outer=0,
+        polish_outer=0,
+        inner_y_warmup=10,
+        inner_y=10,
+        inner_z=1,
+        lr_start=0.01,
+        lr_end=0.01,
+        lr_tau=0.1,
+        lr_eps=0.001,
         zo_q_estimator="gaussian",
-        zo_samples=256, zo_steps=50, eval_samples=2000, final_samples=10000, final_real=10000,
-        sample_batch=1000, device="auto",
+        zo_samples=256,
+        zo_steps=50,
+        eval_samples=2000,
+        final_samples=10000,
+        final_real=10000,
+        sample_batch=1000,
+        device="auto",
     ),
 }
 
 
 def check_settings(cfg: NoiseScheduleSettings) -> None:
     """Raise a one-line ConfigError for an invalid noise_schedule setting."""
-    positive = ("image_size", "batch_size", "T", "outer_steps", "inner_y_warmup", "inner_y", "inner_z", "zo_directions",
-                "zo_samples", "zo_steps", "surrogate_steps", "eval_samples", "final_samples", "final_real", "sample_batch")
+    positive = (
+        "image_size",
+        "batch_size",
+        "T",
+        "outer_steps",
+        "inner_y_warmup",
+        "inner_y",
+        "inner_z",
+        "zo_directions",
+        "zo_samples",
+        "zo_steps",
+        "surrogate_steps",
+        "eval_samples",
+        "final_samples",
+        "final_real",
+        "sample_batch",
+    )
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"noise_schedule setting {key!r} must be >= 1, got {getattr(cfg, key)}.")
     phases = (cfg.warmup_outer, cfg.cooldown_outer, cfg.polish_outer)
     if min(phases) < 0 or sum(phases) > cfg.outer_steps:
-        raise ConfigError(f"warmup_outer + cooldown_outer + polish_outer must be in [0, outer_steps={cfg.outer_steps}], "
+        raise ConfigError("warmup_outer + cooldown_outer + polish_outer must be in [0, "
+                          f"outer_steps={cfg.outer_steps}], "
                           f"got {' + '.join(map(str, phases))}.")
     for key in ("lr", "lr_z", "gamma", "gamma_end", "zo_mu", "zo_mu_z"):
         if not getattr(cfg, key) > 0:
@@ -131,12 +202,18 @@ def check_settings(cfg: NoiseScheduleSettings) -> None:
             raise ConfigError(f"noise_schedule setting {key!r} must be >= 0, got {getattr(cfg, key)}.")
     if not 0 <= cfg.ema_decay < 1:
         raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}.")
-    choices = {"z_init": ("previous", "copy_y"), "z_fid_grad": ("zo", "none", "surrogate"), "lr_schedule": ("constant", "cosine"),
-               "zo_q_estimator": ("coordinate", "gaussian"), "surrogate_covariance": ("full", "diagonal"),
-               "device": ("cpu", "cuda", "auto")}
+    choices = {
+        "z_init": ("previous", "copy_y"),
+        "z_fid_grad": ("zo", "none", "surrogate"),
+        "lr_schedule": ("constant", "cosine"),
+        "zo_q_estimator": ("coordinate", "gaussian"),
+        "surrogate_covariance": ("full", "diagonal"),
+        "device": ("cpu", "cuda", "auto"),
+    }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"noise_schedule setting {key!r} must be one of {list(allowed)}, got {getattr(cfg, key)!r}.")
+            raise ConfigError(f"noise_schedule setting {key!r} must be one of {list(allowed)}, got "
+                              f"{getattr(cfg, key)!r}.")
     steps = cfg.zo_steps if cfg.eval_steps is None else cfg.eval_steps
     if max(steps, cfg.zo_steps, cfg.surrogate_steps) > cfg.T:
         raise ConfigError(f"DDIM steps ({cfg.zo_steps}/{steps}/{cfg.surrogate_steps}) cannot exceed T={cfg.T}; "
@@ -145,8 +222,10 @@ def check_settings(cfg: NoiseScheduleSettings) -> None:
         raise ConfigError(f"surrogate_samples must be >= 2 and surrogate_shrinkage in [0, 1], got "
                           f"{cfg.surrogate_samples} and {cfg.surrogate_shrinkage}.")
     if cfg.surrogate_covariance == "full" and cfg.surrogate_shrinkage == 0 and cfg.surrogate_samples <= 64:
-        raise ConfigError(f"surrogate_samples={cfg.surrogate_samples} <= 64 feature dimensions: the fake covariance is singular "
-                          "and the surrogate's gradient infinite; set surrogate_shrinkage > 0 or surrogate_covariance='diagonal'.")
+        raise ConfigError(f"surrogate_samples={cfg.surrogate_samples} <= 64 feature dimensions: the fake covariance is "
+                          "singular "
+                          "and the surrogate's gradient infinite; set surrogate_shrinkage > 0 or "
+                          "surrogate_covariance='diagonal'.")
 
 
 
@@ -224,7 +303,8 @@ def oracle_points(preset: str = "quick") -> list[dict[str, float]]:
     return space_filling_points(search_space(), ORACLE_DESIGN_POINTS[preset], seed=ORACLE_DESIGN_SEED)
 
 
-#: The paper's comparison (docs/algorithms.md §5): default schedule, greedy grid, random, Bayesian, plus TPE, PBT and the
+# : The paper's comparison (docs/algorithms.md §5): default schedule, greedy grid, random, Bayesian, plus TPE, PBT and
+# the
 #: dense oracle sweep (the reference of every method's regret).
 BASELINES = ("default", "bilevel", "greedy", "random", "bayes", "tpe", "pbt", "dense")
 

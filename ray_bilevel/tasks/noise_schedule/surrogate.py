@@ -14,7 +14,8 @@ test split). With fewer samples than feature dimensions the fake covariance is s
 Σ̂ = (1 − ρ) S + ρ (tr S / d) I (the rule of :func:`ray_bilevel.metrics.fid.feature_stats`), or replaced by its
 diagonal (``covariance="diagonal"``). Everything after the features is float64.
 
-:func:`penalty_signal` (defined in :mod:`ray_bilevel.estimators.penalty`, re-exported here) splits the hypergradient estimate ∇F_γ(q) = ĝ_q + γ (h_z − h_y) into its two terms
+:func:`penalty_signal` (defined in :mod:`ray_bilevel.estimators.penalty`, re-exported here) splits the hypergradient
+estimate ∇F_γ(q) = ĝ_q + γ (h_z − h_y) into its two terms
 (reported per bilevel step as ``hypergrad_upper_norm``, ``hypergrad_penalty_norm``, ``hypergrad_cosine``).
 """
 from __future__ import annotations
@@ -64,7 +65,9 @@ def psd_sqrt(s: Tensor) -> Tensor:
     return (evecs * evals.clamp_min(0.0).sqrt()) @ evecs.T
 
 
-def frechet_distance_t(mu_a: Tensor, sigma_a: Tensor, mu_b: Tensor, sigma_b: Tensor, root_a: Tensor | None = None) -> Tensor:
+def frechet_distance_t(
+    mu_a: Tensor, sigma_a: Tensor, mu_b: Tensor, sigma_b: Tensor, root_a: Tensor | None = None
+) -> Tensor:
     """‖μ_a − μ_b‖² + tr Σ_a + tr Σ_b − 2 Σ_k sqrt(λ_k(Σ_a^{1/2} Σ_b Σ_a^{1/2})) as a float64 tensor, differentiable in
     (μ_b, Σ_b) (the value of :func:`ray_bilevel.metrics.fid.frechet_distance`). ``root_a`` = Σ_a^{1/2} if known.
 
@@ -100,7 +103,12 @@ class SurrogateFID:
                  covariance: Covariance = "full") -> None:
         if covariance not in ("full", "diagonal"):
             raise ValueError(f"covariance must be 'full' or 'diagonal', got {covariance!r}.")
-        self.classifier, self.steps, self.shrinkage, self.covariance = classifier, int(steps), float(shrinkage), covariance
+        self.classifier, self.steps, self.shrinkage, self.covariance = (
+            classifier,
+            int(steps),
+            float(shrinkage),
+            covariance,
+        )
         self.mu_r = real.mu.to(torch.float64)
         self.sigma_r = real.sigma.to(torch.float64)
         self.root_r = psd_sqrt(self.sigma_r)

@@ -104,7 +104,10 @@ class NoiseScheduleTask(Task):
                                        cfg.zo_mu, cfg.zo_directions, label="noise_schedule")
         self.opt_q = self.stepper.opt
         self.ema = EMA(self.y, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.gens = {k: torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i, k in enumerate(("lower", "penalty", "hyper", "zo"), 1)}
+        self.gens = {
+            k: torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+            for i, k in enumerate(("lower", "penalty", "hyper", "zo"), 1)
+        }
         self.eval_noise = initial_noise(cfg.eval_samples, self.shape, cfg.eval_seed + 7919 * cfg.seed)
         self.perm = torch.randperm(len(self.train_images), generator=self.gens["lower"])
         self.cursor = 0
@@ -232,7 +235,9 @@ class NoiseScheduleTask(Task):
                 add_zo = functools.partial(add_flat_to_grads_, params, res.grad, alpha=1.0 / gamma)
             z_losses.append(sm_step(self.z, self.opt_z, x0, alphas, self.gens["penalty"], before_step=add_zo))
         with torch.no_grad():
-            dist = math.sqrt(sum(float((pz - py).pow(2).sum()) for pz, py in zip(self.z.parameters(), self.y.parameters())))
+            dist = math.sqrt(
+                sum(float((pz - py).pow(2).sum()) for pz, py in zip(self.z.parameters(), self.y.parameters()))
+            )
         out = {"z_loss": sum(z_losses) / len(z_losses), "z_zo_grad_norm": zo_norm, "zy_distance": dist}
         if fids:
             out["fid_domain_z"] = sum(fids) / len(fids)
@@ -250,9 +255,13 @@ class NoiseScheduleTask(Task):
 
         return self.stepper.step(f, gamma, h_z, h_y, self.gens["zo"], metric="fid_domain")
 
-    def sm_schedule_gradients(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h_y, h_z) = grad_q SM(y; q), grad_q SM(z; q) on the SAME (x0, t, eps) (docs/algorithms.md §3.4), as (4,) tensors."""
-        h_y, h_z = schedule_sm_gradients(self.schedule, (reference_network(self), self.z), x0, t, noise)  # y, or y' (surrogate)
+    def sm_schedule_gradients(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_y, h_z) = grad_q SM(y; q), grad_q SM(z; q) on the SAME (x0, t, eps) (docs/algorithms.md §3.4), as (4,)
+        tensors."""
+        # y, or y' (surrogate)
+        h_y, h_z = schedule_sm_gradients(self.schedule, (reference_network(self), self.z), x0, t, noise)
         return h_y, h_z
 
     def _alphas_of(self, qv: torch.Tensor) -> torch.Tensor:
@@ -317,7 +326,8 @@ class NoiseScheduleTask(Task):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("format") != _FORMAT:
-            raise ConfigError(f"not a noise_schedule task state (format {state.get('format')!r}, expected {_FORMAT!r}).")
+            raise ConfigError(f"not a noise_schedule task state (format {state.get('format')!r}, expected "
+                              f"{_FORMAT!r}).")
         self.y.load_state_dict(state["y"])
         self.z.load_state_dict(state["z"])
         if self.ema is not None and state["ema"]:

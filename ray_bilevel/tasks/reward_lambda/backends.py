@@ -92,7 +92,8 @@ class _Backend:
                               "path 'package.module:function'.")
 
     def probe_user_scores(self) -> None:
-        """Call each user function once on a probe batch, so a wrong one fails before any sampling (:mod:`.user_scores`)."""
+        """Call each user function once on a probe batch, so a wrong one fails before any sampling
+        (:mod:`.user_scores`)."""
         from ray_bilevel.tasks.reward_lambda.user_scores import UserScore
 
         for fn in (self.r2, self.r1):

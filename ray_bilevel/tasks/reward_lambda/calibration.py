@@ -11,7 +11,8 @@ term ``∇_{z_t} r2(û_0)/λ``. Algorithm 5 with a fixed target y* adds ``−β 
 as y* lies far above the rewards the sampler reaches (ink: y* = 100, E[r2] ≈ 13-25, so β0 ≈ 0.011-0.013).
 
 **Calibration.** The approximation is first order, so β0 is fitted once per model, reward, prompt and target: the guided
-mean of r2 measured on a λ sweep at a probe β0 (:func:`fit_beta0`, least squares) is matched to the importance-weighted prediction
+mean of r2 measured on a λ sweep at a probe β0 (:func:`fit_beta0`, least squares) is matched to the
+importance-weighted prediction
 ``E_{p*_λ}[r2] = Σ_i softmax(r2/λ)_i r2_i`` over pre-trained samples, at the λ where the prediction is reliable
 (effective sample size of the weights large enough). ``benchmarks/lambda_problem.py --calibrate`` fits it and writes
 :data:`CALIBRATION_FILE` next to the model; a task with ``beta0=None`` (the offline default) reads it

@@ -70,7 +70,8 @@ def load_pixel_pipeline(path: str | Path) -> tuple[Any, Any]:
 
 
 def prompt_class(prompt: str, num_classes: int) -> int:
-    """The class label a prompt names for a class-conditional U-Net: ``"3"``, ``"class 3"``, ``"a handwritten three"``."""
+    """The class label a prompt names for a class-conditional U-Net: ``"3"``, ``"class 3"``, ``"a handwritten
+    three"``."""
     from ray_bilevel.metrics.alignment import prompt_to_class
 
     text = str(prompt).strip().lower().removeprefix("class").strip()

@@ -22,9 +22,11 @@ class RewardLambdaSettings:
     seed: int = 0
     # model and scorers
     # "digits" (shipped class-conditional MNIST U-Net, offline), "sd" (Stable Diffusion) or "diffusers" (your pipeline
-    # folder in model_path: a UNet2DModel pipeline such as DDPMPipeline, or a Stable Diffusion folder; diffusers_backend.py)
+    # folder in model_path: a UNet2DModel pipeline such as DDPMPipeline, or a Stable Diffusion folder;
+    # diffusers_backend.py)
     model: Literal["digits", "sd", "diffusers"] = "digits"
-    model_path: str = ""  # digits: a folder with another class-conditional UNet2DModel ("" = shipped); diffusers: required
+    # digits: a folder with another class-conditional UNet2DModel ("" = shipped); diffusers: required
+    model_path: str = ""
     sd_model: str = "runwayml/stable-diffusion-v1-5"
     allow_download: bool = False
     prompt: str = "a handwritten 7"
@@ -85,7 +87,8 @@ class RewardLambdaSettings:
     eval_seed: int = 12345  # the initial noise of every guided generation and of the reference set
     ref_samples: int = 192  # pre-trained reference samples (FID reference, importance-weighted estimates)
     fid_domain_shrinkage: float | Literal["ledoit_wolf"] = 0.0
-    fid_shrinkage: float | Literal["ledoit_wolf"] = "ledoit_wolf"  # Inception FID on few samples (docs/algorithms.md §4)
+    # Inception FID on few samples (docs/algorithms.md §4)
+    fid_shrinkage: float | Literal["ledoit_wolf"] = "ledoit_wolf"
     final_inception: bool = True
     sample_batch: int = 256
 
@@ -98,7 +101,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # it ties Algorithm 2's gradient steps on validation alignment (-0.88 [-5.3, 3.5]) at 0.31x their counted compute
     # (studies/lambda_curve.py, docs/studies/lambda_curve.json); smoke keeps the gradient steps (their tests)
     "quick": dict(lam_search="curve"),
-    # the paper's Application 1 (docs/algorithms.md §2.3-§2.5): SD-1.5, CFG 7.5, 50 steps, 3 x 8 rounds x 4 repeats, seed 5,
+    # the paper's Application 1 (docs/algorithms.md §2.3-§2.5): SD-1.5, CFG 7.5, 50 steps, 3 x 8 rounds x 4 repeats,
+    # seed 5,
     # y* = 10, beta0 = 1, lambda0 = 5, eta = 0.1, K = 10, gamma = 1; needs local weights (or allow_download) and a GPU
     "paper": dict(model="sd", prompt="A fox", reward="resnet18", alignment="clip", upper="alignment", steps=50,
                   cfg_scale=7.5, rounds=8, guide_batch=3, repeats=4, y_star=10.0, beta0=1.0, lam=5.0, lr_lam=0.1,
@@ -107,9 +111,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                   fid_domain_shrinkage=0.2),
 }
 
-_CHOICES = {"method": METHODS, "lam_search": ("gradient", "curve"), "pool": ("fresh", "fixed"), "target": ("fixed", "increment"),
-            "reduction": ("sum", "mean"), "model": ("digits", "sd", "diffusers"), "alignment": ("class", "clip"),
-            "device": ("cpu", "cuda", "auto")}
+_CHOICES = {
+    "method": METHODS,
+    "lam_search": ("gradient", "curve"),
+    "pool": ("fresh", "fixed"),
+    "target": ("fixed", "increment"),
+    "reduction": ("sum", "mean"),
+    "model": ("digits", "sd", "diffusers"),
+    "alignment": ("class", "clip"),
+    "device": ("cpu", "cuda", "auto"),
+}
 
 
 def check_settings(cfg: RewardLambdaSettings) -> None:
@@ -132,7 +143,8 @@ def check_settings(cfg: RewardLambdaSettings) -> None:
                           f"{cfg.ink_target}, {cfg.ink_scale}.")
     for key, allowed in _CHOICES.items():
         if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"reward_lambda setting {key!r} must be one of {list(allowed)}, got {getattr(cfg, key)!r}.")
+            raise ConfigError(f"reward_lambda setting {key!r} must be one of {list(allowed)}, got "
+                              f"{getattr(cfg, key)!r}.")
     check_spec("reward", cfg.reward, BUILTIN_REWARDS)
     check_spec("upper", cfg.upper, BUILTIN_UPPER)
     if cfg.model == "diffusers" and not cfg.model_path:

@@ -1,4 +1,5 @@
-"""The stroke target ``ink_target`` of ``upper="stroke_target"``, derived for the model and the prompt (docs/reward_lambda.md).
+"""The stroke target ``ink_target`` of ``upper="stroke_target"``, derived for the model and the prompt
+(docs/reward_lambda.md).
 
 The upper score r1 = alignment × exp(−½ ((ink − ink_target)/ink_scale)²) asks for strokes bolder than most
 pre-trained samples of the prompt, but not a flooded canvas. "Most" is a property of the model and the prompt (a 1
@@ -86,7 +87,8 @@ def resolve_ink_target(cfg: Any) -> tuple[float | None, str]:
     fitted = record.get("provenance", {}).get("fitted_on", {})
     seeds = [int(s) for s in fitted.get("seeds", [])]
     if not seeds or min(seeds) < MIN_DEVELOPMENT_SEED or fitted.get("noise") == "test":
-        raise ConfigError(f"the stroke target for prompt {cfg.prompt!r} was derived from {fitted}, not from development "
+        raise ConfigError(f"the stroke target for prompt {cfg.prompt!r} was derived from {fitted}, not from "
+                          "development "
                           f"seeds >= {MIN_DEVELOPMENT_SEED} off the test noise; re-derive it with "
                           f"`{calibration_command(cfg)}` or set ink_target explicitly.")
     steps = record["conditions"][STEPS_KEY]

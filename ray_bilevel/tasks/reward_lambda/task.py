@@ -25,7 +25,8 @@ digit | x) (percent, the CLIP-score scale), times the ink window ``exp(−½((in
 ``upper="stroke_target"`` (then ``prompt_alignment`` reports the class alignment alone); ``reward`` is ink in percent
 of a fully inked canvas. Every report also carries ``lam``.
 
-:class:`~ray_bilevel.tasks.reward_lambda.weighted_sum.WeightedSumTask` (``"weighted_sum"``, a baseline this task offers; docs/algorithms.md §5): guidance on ``r2 + w · r1`` at a fixed λ,
+:class:`~ray_bilevel.tasks.reward_lambda.weighted_sum.WeightedSumTask` (``"weighted_sum"``, a baseline this task
+offers; docs/algorithms.md §5): guidance on ``r2 + w · r1`` at a fixed λ,
 the weight ``w`` being the searched variable. It has no hypergradient: its ``hyper_step`` performs one guided
 round (the same work as ``lower_step``) and never moves ``w``, so under BilevelTrainable it is a fixed-w run.
 """
@@ -204,10 +205,19 @@ class RewardLambdaTask(Task):
         self.outer_done += 1
         self.samples_seen += 0 if (c.pool == "fixed" and self.outer_done > 1) else c.pool_size
         self._reset_generation()
-        row = {"lam_before": old, "hypergrad": grad, "hypergrad_norm": abs(grad), "F_gamma": stats["F_gamma"],
-               "ess": stats["ess"], "pool_r1": stats["r1_pool"], "pool_r2": stats["r2_pool"],
-               "tilted_r1": stats["r1_tilted"], "tilted_r2": stats["r2_tilted"], "samples_seen": float(self.samples_seen),
-               "projected": float(self.lam == c.lam_min)}
+        row = {
+            "lam_before": old,
+            "hypergrad": grad,
+            "hypergrad_norm": abs(grad),
+            "F_gamma": stats["F_gamma"],
+            "ess": stats["ess"],
+            "pool_r1": stats["r1_pool"],
+            "pool_r2": stats["r2_pool"],
+            "tilted_r1": stats["r1_tilted"],
+            "tilted_r2": stats["r2_tilted"],
+            "samples_seen": float(self.samples_seen),
+            "projected": float(self.lam == c.lam_min),
+        }
         self.trajectory.append({"outer_step": float(self.outer_done), "lam": self.lam, **row})
         return row
 
