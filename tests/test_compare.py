@@ -36,10 +36,13 @@ def test_cli_parses_every_option():
     assert (cfg.trials, cfg.seed, cfg.address, cfg.storage_path, cfg.out) == (3, 7, "auto", "/tmp/x", "o")
     assert cfg.resources == {"cpu": 2.0, "gpu": 0.5} and cfg.resume and not cfg.plots
     assert cfg.overrides == {"eval_samples": 32, "family": "cosine"}
-    default = compare.parse_args([])
-    assert (
-        default.tasks == ["noise_schedule", "reward_lambda"] and default.preset == "quick" and default.methods is None
-    )
+    default = compare.parse_args([])  # the first look: bilevel, the default and random search at 2 trials
+    assert default.tasks == ["noise_schedule", "reward_lambda"] and default.preset == "quick"
+    assert (default.methods, default.trials) == (["default", "bilevel", "random"], 2)
+    full = compare.parse_args(["--full"])  # the task's baselines and the oracle at the preset's budgets
+    assert (full.methods, full.trials) == (None, None)
+    assert compare.parse_args(["--methods", "bayes"]).trials is None  # any budget or method flag: no first look
+    assert compare.parse_args(["--preset", "smoke"]).methods is None
     assert default.concurrent_methods is None  # auto: as many methods as trial slots (resolved once Ray is up)
     assert compare.parse_args(["--concurrent-methods", "3"]).concurrent_methods == 3
     with pytest.raises(ConfigError, match="'auto'"):

@@ -11,6 +11,7 @@ the markdown table last.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 
@@ -24,8 +25,12 @@ from ray_bilevel.cli import parse_key_values  # noqa: E402
 from ray_bilevel.config import ConfigError  # noqa: E402
 from ray_bilevel.tune.cluster import parse_resources  # noqa: E402
 
-__all__ = ["parse_args", "main", "entry"]
+__all__ = ["parse_args", "main", "entry", "FIRST_LOOK"]
 PROG = "compare.py"
+#: the command without flags: bilevel, the default and the strongest cheap peer (random search at 2 trials), both
+#: tasks at the quick preset, no oracle, so that it ends within 20 minutes on 2 cores (README); --full for the rest
+FIRST_LOOK = ("default", "bilevel", "random")
+FIRST_LOOK_TRIALS = 2
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> BenchmarkConfig:
@@ -40,6 +45,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Benchm
                    help="compute budget of every search method in full trainings (one default trial's counted "
                    "compute), e.g. 4x: full-fidelity searchers run 4 trials (each costs exactly one default trial), "
                    "asha starts trials while its cost_flops stays within 4 trainings; replaces --trials")
+    p.add_argument("--full", action="store_true",
+                   help="the full comparison: the task's baselines (the paper's) and the dense oracle at the preset's "
+                   "budgets; without it (and without --methods/--trials/--budget), the quick preset runs the first "
+                   f"look: {','.join(FIRST_LOOK)} with {FIRST_LOOK_TRIALS} trials per searcher")
     p.add_argument("--seed", type=int, default=0, help="seed of every task and searcher (default 0)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2: every method runs once per seed "
                    "(task and searcher seed); the table shows mean ± 95%% interval and paired differences")
@@ -74,6 +83,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Benchm
         if not text.isdigit() or int(text) < 1:
             raise ConfigError(f"--budget takes a positive whole number of full trainings such as 4x, got {a.budget!r}.")
         trials = int(text)
+    if a.preset == "quick" and not (a.full or methods or a.trials or a.budget):  # the first look (README)
+        methods, trials = list(FIRST_LOOK), FIRST_LOOK_TRIALS
     seeds = None
     if a.seeds:
         try:
@@ -97,7 +108,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the comparison; returns the exit status (2: a bad input, 1: a run that lost trials, 130: interrupted)."""
     name = prog or PROG
     try:
-        run_benchmark(parse_args(argv, prog))
+        cfg = parse_args(argv, prog)
+        run_benchmark(cfg)
+        pictures = sorted(glob.glob(os.path.join(os.path.abspath(cfg.out), "plots", "*_anytime.png")))
+        if pictures:  # the picture the story is told by, last, where a newcomer looks
+            print("[compare] the anytime curves (test metric of each method's answer vs counted compute): "
+                  + ", ".join(pictures), flush=True)
     except ConfigError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
