@@ -6,7 +6,7 @@
 Reads RESULTS_DIR/results.json (one row per task, method and seed) and RESULTS_DIR/run_info.json (argv, commit,
 date, machine, ...) and writes: the title, the exact command (run_info's argv unless --command), the commit (with a
 warning when the tree was dirty), date and machine, then the multi-seed report
-(:func:`ray_bilevel.benchmark.report.markdown_report`) and links to the summary plots (drawn from results.json
+(:func:`ray_bilevel.benchmark.tables.markdown_report`) and links to the summary plots (drawn from results.json
 when missing, unless --no-plots), relative to the output file's folder (printing: to --link-base, the folder of
 the markdown file that holds the section, e.g. docs/studies; else the current folder).
 """
@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from ray_bilevel.benchmark.report import markdown_report  # noqa: E402
 from ray_bilevel.benchmark.store import read_json  # noqa: E402
+from ray_bilevel.benchmark.tables import markdown_report  # noqa: E402
 from ray_bilevel.config import ConfigError  # noqa: E402
 
 

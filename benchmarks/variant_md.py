@@ -23,10 +23,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ray_bilevel.benchmark.report import difference_cell, format_number
-from ray_bilevel.benchmark.reporting import add_regret
+from ray_bilevel.benchmark.evaluation import add_regret
 from ray_bilevel.benchmark.stats import paired_differences
 from ray_bilevel.benchmark.store import read_json
+from ray_bilevel.benchmark.tables import difference_cell, format_number
 from ray_bilevel.config import ConfigError
 
 __all__ = ["section", "main"]

@@ -147,7 +147,7 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "linspace") -> Tensor:
 
 #: Without grad on the CPU, :func:`ddim_sample` runs the network on at most this many samples at a time. The
 #: values are bitwise those of one big batch; the 16-px U-Net's activations then stay in the core's cache
-#: (benchmarks/micro.py: 500 samples in chunks of 125-250 are 1.1-1.3x faster than one batch at one thread).
+#: (studies/micro.py: 500 samples in chunks of 125-250 are 1.1-1.3x faster than one batch at one thread).
 _CPU_CHUNK = 128
 
 

@@ -6,7 +6,7 @@ It reports the kills made, the trial attempts that failed and were retried, the 
 the results; must be 0) and, per method, whether its answer (the validation-chosen configuration, its validation
 and test values) and its counted compute equal the fault-free run's.
 
-    python studies/chaos.py                                # 5 driver kills, 10 actor kills; writes docs/studies/chaos.json
+    python studies/chaos.py                    # 5 driver kills, 10 actor kills; writes docs/studies/chaos.json
     python studies/chaos.py --driver-kills 1 --actor-kills 2 --tasks toy --out /tmp/chaos   # a quick look
 
 How the moments are drawn: a kill is due every ``U(gap/2, 3·gap/2)`` seconds (``--gap``, seeded by ``--seed``); each
@@ -97,7 +97,8 @@ def chaos_run(args: argparse.Namespace, out: Path, log: list[dict]) -> float:
             resume = ["--resume"]
             continue
         if proc.returncode != 0:
-            raise SystemExit(f"chaos.py: compare.py failed (rc {proc.returncode}) after {len(log)} kill(s):\n{text[-3000:]}")
+            raise SystemExit(f"chaos.py: compare.py failed (rc {proc.returncode}) after {len(log)} kill(s):\n"
+                             f"{text[-3000:]}")
         if plan:  # it finished before every kill was made: the figures say so
             log.append({"t": round(time.time() - t0, 1), "kill": "none", "unmade": list(plan)})
         return time.time() - t0
@@ -115,7 +116,8 @@ def _failures(out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="noise_schedule,reward_lambda")
     p.add_argument("--methods", default="default,bilevel,random,bayes")
     p.add_argument("--preset", default="smoke")
@@ -139,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"chaos.py: the fault-free run failed:\n{ref.stdout[-3000:]}{ref.stderr[-3000:]}")
     wall_ref = time.time() - t0
     got, want = _rows(out / "chaos"), _rows(out / "reference")
-    methods = {key: {"identical": got.get(key) == row, "chaos": got.get(key), "reference": row} for key, row in want.items()}
+    methods = {key: {"identical": got.get(key) == row, "chaos": got.get(key), "reference": row}
+               for key, row in want.items()}
     budget = sum(int(r["trials"] or 0) for r in want.values())
     summary = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
-        "settings": {k: getattr(args, k) for k in ("tasks", "methods", "preset", "seeds", "num_cpus", "driver_kills", "actor_kills", "gap", "seed")},
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                 text=True).stdout.strip(),
+        "settings": {k: getattr(args, k) for k in ("tasks", "methods", "preset", "seeds", "num_cpus", "driver_kills",
+                                                   "actor_kills", "gap", "seed")},
         "driver_kills": sum(1 for e in log if e["kill"] == "driver"),
         "actor_kills": sum(1 for e in log if e["kill"] == "actor"),
         "unmade_kills": sum(len(e.get("unmade", [])) for e in log),

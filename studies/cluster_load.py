@@ -1,7 +1,7 @@
 """The cluster path under load (issue 25): the two-node ``ray job submit`` test, several times in a row, beside a
 CPU-bound load on every core; records each run's outcome and wall time.
 
-    python studies/cluster_load.py                 # 5 runs beside 2 busy processes; writes docs/studies/cluster_load.json
+    python studies/cluster_load.py     # 5 runs beside 2 busy processes; writes docs/studies/cluster_load.json
 
 The test is ``tests/test_cluster_jobs.py::test_two_node_cluster_job_submit_with_token_auth``: a head and a worker
 node with token auth, ``examples/cluster/submit.sh`` submitting ``compare.py --preset smoke --task toy`` with
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
     summary = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                 text=True).stdout.strip(),
         "test": TEST, "load_processes": args.load, "cores": os.cpu_count(),
         "passed": sum(r["outcome"] == "passed" for r in runs), "runs": runs,
     }

@@ -66,7 +66,7 @@ def _mean_ci(values: list[float]) -> tuple[float, float]:
 
 
 def _commit() -> dict[str, Any]:
-    from ray_bilevel.benchmark.report import git_commit
+    from ray_bilevel.benchmark.outputs import git_commit
 
     info = git_commit(str(ROOT))
     return {"commit": info["sha"], "worktree_dirty": info["dirty"]}

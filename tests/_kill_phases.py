@@ -2,8 +2,9 @@
 
 ``install()`` reads ``RB_KILL`` = ``"<phase>:<n>[@<name>]"`` from the environment and patches the installed Ray's
 Tune driver so that the process kills itself (SIGKILL: nothing is saved on the way out) the ``n``-th time it reaches
-that phase (in an experiment whose folder's path contains ``name``, if given). The phases are the moments at which what a restore reads (the experiment state, the searcher state,
-the trial folders) can be left from different instants:
+that phase (in an experiment whose folder's path contains ``name``, if given). The phases are the moments at which
+what a restore reads (the experiment state, the searcher state, the trial folders) can be left from different
+instants:
 
 ==================  ==========================================================================================
 ``result``          the driver has processed a training result, before any snapshot of it

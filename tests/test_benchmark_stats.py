@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ray_bilevel.benchmark.outputs import COLUMNS, write_summary
 from ray_bilevel.benchmark.plots import anytime_plot, make_summary_plots, oracle_plot
-from ray_bilevel.benchmark.report import COLUMNS, markdown_report, markdown_table, write_summary
 from ray_bilevel.benchmark.stats import direction, mean_ci, paired_differences, summarise, sweep_summary
+from ray_bilevel.benchmark.tables import markdown_report, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
@@ -215,7 +216,7 @@ def test_write_outputs_writes_every_file_from_multi_seed_runs(rows, tmp_path, ca
     import dataclasses
     from types import SimpleNamespace
 
-    from ray_bilevel.benchmark.report import write_outputs
+    from ray_bilevel.benchmark.outputs import write_outputs
 
     @dataclasses.dataclass
     class Cfg:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from ray_bilevel.benchmark import BenchmarkConfig, run_benchmark
+from ray_bilevel.benchmark.evaluation import CACHE_DIR, evaluation_key
 from ray_bilevel.benchmark.methods import build_experiment, iterations_per_step, methods_for
-from ray_bilevel.benchmark.report import COLUMNS, format_number, markdown_table
-from ray_bilevel.benchmark.reporting import CACHE_DIR, evaluation_key
+from ray_bilevel.benchmark.outputs import COLUMNS
+from ray_bilevel.benchmark.tables import format_number, markdown_table
 from ray_bilevel.config import ConfigError
 from ray_bilevel.tasks import get_task
 
@@ -68,7 +69,7 @@ def test_every_searcher_gets_the_same_trial_budget():
             "fid_domain",
             "min",
             4,
-            get_task("noise_schedule").budget("quick"),
+            get_task("noise_schedule").benchmark.budget("quick"),
             0,
             2,
             space,
@@ -80,36 +81,36 @@ def test_every_searcher_gets_the_same_trial_budget():
     assert methods_for("reward_lambda")[-2:] == ("weighted_sum", "dense")
     assert iterations_per_step(40, 4) == 10 and iterations_per_step(3, 4) == 1
     with pytest.raises(ConfigError, match="weighted_sum"):
-        build_experiment("toy", "weighted_sum", base, "x", "min", 2, get_task("toy").budget("smoke"), 0, 2)
+        build_experiment("toy", "weighted_sum", base, "x", "min", 2, get_task("toy").benchmark.budget("smoke"), 0, 2)
 
 
 def test_a_method_that_ends_short_of_its_budget_is_an_error_unless_its_searcher_may_stop_early():
     """A restored search that lost trials (seen once after SIGKILL + --resume: 3 of 6 random trials, rc 0) must not be
     reported under the budget it never ran; greedy legitimately ends early (it skips points it already ran)."""
     from ray_bilevel.benchmark import IncompleteRunError
-    from ray_bilevel.benchmark.runner import _check_complete
+    from ray_bilevel.benchmark.resume import check_complete
 
     space = get_task("noise_schedule").search_space()
     base = {"task": "noise_schedule", "preset": "quick", "seed": 0}
-    budget = get_task("noise_schedule").budget("quick")
+    budget = get_task("noise_schedule").benchmark.budget("quick")
     specs = {m: build_experiment("noise_schedule", m, base, "fid_domain", "min", 6, budget, 0, 2, space)
              for m in ("random", "bayes", "tpe", "grid", "pbt", "dense", "default", "greedy")}
     assert [m for m, s in specs.items() if s.stops_early] == ["greedy"]
     for method, spec in specs.items():
-        _check_complete(spec, spec.trials, "/x")  # a full budget passes
+        check_complete(spec, spec.trials, "/x")  # a full budget passes
         if method == "greedy":
-            _check_complete(spec, spec.trials - 3, "/x")
+            check_complete(spec, spec.trials - 3, "/x")
         elif spec.trials > 1:
             with pytest.raises(IncompleteRunError, match=rf"{method} finished with {spec.trials - 1} of its "
                                                          rf"{spec.trials} "
                                                    r"trial\(s\) \(/x\).*Delete /x and run again with --resume"):
-                _check_complete(spec, spec.trials - 1, "/x")
+                check_complete(spec, spec.trials - 1, "/x")
         else:
             with pytest.raises(IncompleteRunError, match="0 of its 1"):
-                _check_complete(spec, 0, "/x")
+                check_complete(spec, 0, "/x")
     # a task's own method (a generic searcher over another task's space) follows its searcher
     own = build_experiment("reward_lambda", "weighted_sum", {"task": "reward_lambda", "preset": "smoke", "seed": 0},
-                           "alignment_val", "max", 3, get_task("reward_lambda").budget("smoke"), 0, 2)
+                           "alignment_val", "max", 3, get_task("reward_lambda").benchmark.budget("smoke"), 0, 2)
     assert not own.stops_early
 
 
@@ -200,17 +201,17 @@ def test_toy_benchmark_end_to_end_then_resume(ray_local, tmp_path, capsys):
 
 
 def test_a_search_of_another_budget_gets_its_own_folder_only_when_resuming_beside_a_finished_one(tmp_path):
-    from ray_bilevel.benchmark.runner import _method_name, _write_state
+    from ray_bilevel.benchmark.resume import method_name, write_state
 
     storage = str(tmp_path)
-    assert _method_name(storage, "t-random-s0", 15, resume=True) == "t-random-s0"  # nothing there yet
-    _write_state(str(tmp_path / "t-random-s0"), {"trials": 2})
-    assert _method_name(storage, "t-random-s0", 2, resume=True) == "t-random-s0"  # the same budget: resumed
-    assert _method_name(storage, "t-random-s0", 15, resume=True) == "t-random-s0-t15"  # another: beside it
-    assert _method_name(storage, "t-random-s0", 15, resume=False) == "t-random-s0"  # a fresh run replaces the folder
-    assert _method_name("s3://bucket/x", "t-random-s0", 15, resume=True) == "t-random-s0"  # no state read from URIs
-    _write_state(str(tmp_path / "t-dense-s0"), {"wall_time_s": 1.0})  # an older version's folder: no budget recorded
-    assert _method_name(storage, "t-dense-s0", 15, resume=True) == "t-dense-s0"
+    assert method_name(storage, "t-random-s0", 15, resume=True) == "t-random-s0"  # nothing there yet
+    write_state(str(tmp_path / "t-random-s0"), {"trials": 2})
+    assert method_name(storage, "t-random-s0", 2, resume=True) == "t-random-s0"  # the same budget: resumed
+    assert method_name(storage, "t-random-s0", 15, resume=True) == "t-random-s0-t15"  # another: beside it
+    assert method_name(storage, "t-random-s0", 15, resume=False) == "t-random-s0"  # a fresh run replaces the folder
+    assert method_name("s3://bucket/x", "t-random-s0", 15, resume=True) == "t-random-s0"  # no state read from URIs
+    write_state(str(tmp_path / "t-dense-s0"), {"wall_time_s": 1.0})  # an older version's folder: no budget recorded
+    assert method_name(storage, "t-dense-s0", 15, resume=True) == "t-dense-s0"
 
 
 def test_evaluation_key_changes_with_the_checkpoint_bytes_the_config_and_the_kind(tmp_path):
@@ -237,11 +238,11 @@ def test_concurrent_methods_overlap_and_give_the_same_answers(ray_local, tmp_pat
     two methods' Tuners run at once, each in a Ray task,
     with the same per-method results as one at a time (toy: deterministic trials, a fixed grid). run_info.json names
     the commit read when the run started, not when it ended."""
-    from ray_bilevel.benchmark import report
+    from ray_bilevel.benchmark import outputs
 
     calls = []
     monkeypatch.setattr(
-        report,
+        outputs,
         "git_commit",
         lambda **kw: calls.append(1) or {"sha": f"read{len(calls)}", "dirty": False, "dirty_files": []},
     )

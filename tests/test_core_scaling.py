@@ -1,4 +1,4 @@
-"""benchmarks/core_scaling.py: solo vs together rounds give a consistent record and a table (tiny run)."""
+"""studies/core_scaling.py: solo vs together rounds give a consistent record and a table (tiny run)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# a plain import from benchmarks/ (as when the script runs): its spawned workers import the module by name
-sys.path.insert(0, str(ROOT / "benchmarks"))
+# a plain import from studies/ (as when the script runs): its spawned workers import the module by name
+sys.path.insert(0, str(ROOT / "studies"))
 import core_scaling  # noqa: E402
 
 

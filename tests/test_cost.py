@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ray_bilevel import cost
-from ray_bilevel.benchmark.runner import _trial_cost
+from ray_bilevel.benchmark.summary import trial_cost
 from ray_bilevel.diffusion import build_unet
 
 
@@ -114,7 +114,7 @@ def test_pbt_trial_cost_is_its_own_increments_not_the_donors_counter():
                                           "cpu_s_step": [1.0, 1.5, 1.0], "cpu_s": [1.0, 12.0, 13.0]})
 
     last = {"cost_flops": 130.0, "cost_flops_by_network": {"unet": 100.0, "digit_classifier": 30.0}, "cpu_s": 13.0}
-    own, by_network, cpu = _trial_cost(Result(), last)  # exploited a donor that had spent 100 at its second report
+    own, by_network, cpu = trial_cost(Result(), last)  # exploited a donor that had spent 100 at its second report
     assert own == 30.0 and cpu == 3.5  # its own work, its rebuild (0.5 CPU-s) included, not the donor's
     assert by_network == pytest.approx({"unet": 30.0 * 100 / 130, "digit_classifier": 30.0 * 30 / 130})
 

@@ -8,14 +8,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ray_bilevel.assets.digit_classifier import (  # noqa: E402
+from ray_bilevel.data import load_images  # noqa: E402
+from ray_bilevel.models.digit_classifier import (  # noqa: E402
     RECORD_PATH,
     WEIGHTS_PATH,
     DigitClassifier,
     load_digit_classifier,
     training_record,
 )
-from ray_bilevel.data import load_images  # noqa: E402
 
 
 def test_weights_are_shipped_small_and_recorded():

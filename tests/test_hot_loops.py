@@ -1,4 +1,4 @@
-"""The optimised hot loops compute what the code before them computed (benchmarks/micro.py measures the speed).
+"""The optimised hot loops compute what the code before them computed (studies/micro.py measures the speed).
 
 * ``ddim_sample`` runs the network in CPU chunks of ``_CPU_CHUNK`` samples: same images as one batch;
 * ``DigitExtractor`` pools in channels-last and ReLUs after the pool: bitwise ``DigitClassifier.features``;
@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ray_bilevel import diffusion  # noqa: E402
 from ray_bilevel.diffusion import build_unet, ddim_sample, ddim_timesteps  # noqa: E402
-from ray_bilevel.metrics import features as feat  # noqa: E402
+from ray_bilevel.metrics import features as feat, inception  # noqa: E402
 from ray_bilevel.metrics.fid import FIDEvaluator, _frechet, feature_stats  # noqa: E402
 from ray_bilevel.schedules import NoiseSchedule  # noqa: E402
 
@@ -89,7 +89,7 @@ def test_inception_fast_copy_matches_the_original_and_keeps_the_fingerprint(one_
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning: the copy builds and passes its probe
         new = ext(x)
-    fast = feat._fast_inception(ext.model)
+    fast = inception.fast_inception(ext.model)
     assert fast is not None and fast is not ext.model
     with torch.no_grad():  # the original network on the same preprocessed input
         up = torch.nn.functional.interpolate(((x + 1) / 2).repeat(1, 3, 1, 1), size=(299, 299), mode="bilinear",

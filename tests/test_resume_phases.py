@@ -99,8 +99,10 @@ def test_killed_at_a_phase_resumes_to_the_uninterrupted_answers(reference, tmp_p
     script, expected = reference
     out = tmp_path / "out"
     marker = tmp_path / "killed"
-    killed = _compare(script, out, [], {**_env(), "RB_KILL": f"{phase}:{n}@{experiment}", "RB_KILL_MARKER": str(marker)})
-    assert killed.returncode == -9 and marker.exists(), f"the driver was not killed at {phase}:{n}:\n{killed.stdout[-2000:]}"
+    killed = _compare(script, out, [],
+                      {**_env(), "RB_KILL": f"{phase}:{n}@{experiment}", "RB_KILL_MARKER": str(marker)})
+    assert killed.returncode == -9 and marker.exists(), \
+        f"the driver was not killed at {phase}:{n}:\n{killed.stdout[-2000:]}"
     assert not (out / "results.json").exists()
     resumed = _compare(script, out, ["--resume"], _env())
     assert resumed.returncode == 0, resumed.stdout[-3000:]

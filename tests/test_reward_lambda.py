@@ -10,7 +10,7 @@ from ray_bilevel.config import ConfigError
 from ray_bilevel.estimators.entropy_lambda import lambda_hypergradient, project_lambda
 from ray_bilevel.guidance import guided_generate
 from ray_bilevel.tasks.reward_lambda import RewardLambdaTask, WeightedSumTask
-from ray_bilevel.tasks.reward_lambda.task import _seed
+from ray_bilevel.tasks.reward_lambda.generation import stable_seed as _seed
 
 SMOKE = {"preset": "smoke", "seed": 0}
 
@@ -109,7 +109,8 @@ def test_weighted_sum_guidance_raises_its_own_objective_at_every_grid_weight():
     from ray_bilevel.tasks.reward_lambda.settings import weight_space
 
     param = weight_space().params[0]
-    weights = sorted(set(grid_values(param)) | set(grid_values(param, RewardLambdaTask.budget("quick").trials)))
+    quick_trials = RewardLambdaTask.benchmark.budget("quick").trials
+    weights = sorted(set(grid_values(param)) | set(grid_values(param, quick_trials)))
     assert len(weights) == 7 and min(weights) == 0.01 and max(weights) == 100.0
     ws = WeightedSumTask({**SMOKE, "seed": 100, "steps": 20})
     assert ws.lam == RewardLambdaTask(SMOKE).lam  # the λ task's default, not the released 1

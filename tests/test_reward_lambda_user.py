@@ -195,13 +195,13 @@ def test_without_beta0_a_diffusers_model_needs_its_own_calibration(user_module, 
     with pytest.raises(ConfigError) as info:
         RewardLambdaTask({k: v for k, v in _config(ddpm).items() if k != "beta0"})
     message = str(info.value)
-    assert "python benchmarks/lambda_problem.py --preset quick --calibrate --seeds 100-104" in message
+    assert "python tools/lambda_problem.py --preset quick --calibrate --seeds 100-104" in message
     assert f"--set model_path={ddpm}" in message and f"--set reward={MODULE}:brightness" in message
 
 
 # -- another prompt: its own calibration and stroke target, never the 7's ------------------------------------------
 def _copy_shipped(folder: Path) -> str:
-    from ray_bilevel.assets.cond_unet import COND_UNET_DIR
+    from ray_bilevel.models.cond_unet import COND_UNET_DIR
 
     for name in ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json",
                  "guidance_calibration.json"):

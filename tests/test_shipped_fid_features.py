@@ -1,10 +1,14 @@
-"""Shipped real-image features (assets/fid_features, docs/algorithms.md §4): used before the cache, only under their
-exact key, and the shipped files are the features this code computes today (not stale)."""
+"""Shipped real-image features (ray_bilevel/assets/fid_features, rebuilt by tools/build_fid_features.py;
+docs/algorithms.md §4): used before the cache, only under their exact key, and the shipped files are the features
+this code computes today (not stale)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +16,7 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ray_bilevel.metrics import fid  # noqa: E402
+from ray_bilevel.metrics import fid_store  # noqa: E402
 from ray_bilevel.metrics.fid import (  # noqa: E402
     FIDEvaluator,
     feature_stats,
@@ -45,7 +49,7 @@ def _images(n: int, seed: int) -> torch.Tensor:
 @pytest.fixture
 def shipped(monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_BILEVEL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(fid, "SHIPPED_FEATURES_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(fid_store, "SHIPPED_FEATURES_DIR", tmp_path / "shipped")
     return tmp_path / "shipped"
 
 
@@ -98,10 +102,20 @@ def test_features_that_overflow_float16_are_refused(shipped):
         save_shipped_features(features_key(ext, real), torch.full((4, 5), 1e6))
 
 
-def _record() -> dict:
-    from ray_bilevel.assets.build_fid_features import RECORD_PATH
+def _build_fid_features():
+    """tools/build_fid_features.py (a script outside the package), loaded by path."""
+    name = "_build_fid_features_under_test"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "tools" / "build_fid_features.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
-    return json.loads(RECORD_PATH.read_text())
+
+def _record() -> dict:
+    return json.loads(_build_fid_features().RECORD_PATH.read_text())
 
 
 def test_the_shipped_record_lists_existing_files_and_a_small_float16_effect():
@@ -110,7 +124,7 @@ def test_the_shipped_record_lists_existing_files_and_a_small_float16_effect():
     assert names == {(p, s) for p in ("smoke", "quick") for s in ("val", "test")}
     total = 0
     for f in record["files"]:
-        path = fid.SHIPPED_FEATURES_DIR / f["file"]
+        path = fid_store.SHIPPED_FEATURES_DIR / f["file"]
         assert path.is_file() and path.stat().st_size == f["bytes"], f
         total += f["bytes"]
     assert total < 5e6  # the package carries them: a few MB at most
@@ -121,8 +135,9 @@ def test_the_shipped_record_lists_existing_files_and_a_small_float16_effect():
 def test_shipped_files_are_what_the_task_computes_today(preset, monkeypatch, tmp_path):
     """The key the task builds today finds a shipped file, and its first rows equal freshly computed features
     (so a change to the data split, the preprocessing or the Inception weights shows here, not as a silent miss)."""
-    from ray_bilevel.assets.build_fid_features import _real_images
     from ray_bilevel.metrics.features import inception_extractor
+
+    _real_images = _build_fid_features()._real_images
 
     monkeypatch.setenv("RAY_BILEVEL_CACHE", str(tmp_path))
     ext = inception_extractor()

@@ -4,7 +4,7 @@ guided generation is part of its timed trial (its cost), not of the reporting ev
 The guard (:func:`_forbid_test`) makes every way into the test split raise, and runs: each task's estimator paths at
 smoke size (the smoke defaults, the quick preset's estimator settings, the noise schedule's surrogate and Gaussian ZO
 paths), every harness method's trials in-process (searchers, PBT's checkpoint exploit, actor reuse), and the β0
-calibration script (benchmarks/lambda_problem.py), which must read only the validation noise of development seeds."""
+calibration script (tools/lambda_problem.py), which must read only the validation noise of development seeds."""
 from __future__ import annotations
 
 import importlib.util
@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ray_bilevel.benchmark.methods import offered_methods
 from ray_bilevel.protocol import BENCHMARK_SEEDS, MIN_DEVELOPMENT_SEED
 from ray_bilevel.tasks import get_task
 
@@ -185,7 +186,7 @@ def _until_done(trainable: Any, forbidden: set[str]) -> dict[str, Any]:
 
 
 #: The harness's methods on both paper tasks (each task's baselines and own methods, and every generic method).
-HARNESS = [(task, method) for task in ("reward_lambda", "noise_schedule") for method in get_task(task).methods()]
+HARNESS = [(task, method) for task in ("reward_lambda", "noise_schedule") for method in offered_methods(task)]
 
 
 @pytest.mark.parametrize("task_name, method", HARNESS, ids=[f"{t}-{m}" for t, m in HARNESS])
@@ -204,7 +205,7 @@ def test_every_harness_method_trial_stays_off_the_test_split(task_name, method, 
     cls = get_task(task_name)
     base = {"task": task_ref(task_name), "preset": "smoke", "seed": 0}
     spec = build_experiment(task_name, method, base, cls.tuning_metric(), cls.mode, trials=2,
-                            budget=cls.budget("smoke"), seed=0, max_concurrent=1)
+                            budget=cls.benchmark.budget("smoke"), seed=0, max_concurrent=1)
     trial_cls = get_task(spec.trial_task or task_name)
     forbidden = {trial_cls.metric, cls.metric, "fid", "is"}
     trainable_cls = BenchBilevelTrainable if spec.bilevel else BenchFixedTrainable
@@ -263,7 +264,7 @@ def test_lambda_bilevel_generation_is_inside_its_timed_trial():
 # -- the β0 calibration script ----------------------------------------------------------------------------------------
 def _lambda_problem():
     spec = importlib.util.spec_from_file_location(
-        "_lambda_problem_under_test", REPO / "benchmarks" / "lambda_problem.py"
+        "_lambda_problem_under_test", REPO / "tools" / "lambda_problem.py"
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -290,7 +291,7 @@ CALIBRATION_ARGS = [
 def test_calibration_reads_only_the_validation_noise_of_development_seeds(monkeypatch, tmp_path):
     """``lambda_problem.py --calibrate`` runs with the test split forbidden, writes an entry that names its split and
     seeds (and command, commit), and the task reads it; the test split and benchmark seeds are refused."""
-    from ray_bilevel.assets.cond_unet import COND_UNET_DIR
+    from ray_bilevel.models.cond_unet import COND_UNET_DIR
     from ray_bilevel.tasks.reward_lambda import RewardLambdaTask
     from ray_bilevel.tasks.reward_lambda.calibration import calibration_path, load_calibrations, provenance_problem
 
@@ -348,8 +349,8 @@ def test_shipped_calibration_names_the_validation_split_and_development_seeds():
 
 
 def test_calibration_entries_fitted_on_test_or_benchmark_seeds_are_refused(tmp_path):
-    from ray_bilevel.assets.cond_unet import COND_UNET_DIR
     from ray_bilevel.config import ConfigError
+    from ray_bilevel.models.cond_unet import COND_UNET_DIR
     from ray_bilevel.tasks.reward_lambda import RewardLambdaTask
     from ray_bilevel.tasks.reward_lambda.calibration import CALIBRATION_FILE, write_calibration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ray_bilevel.benchmark import reporting, runner
-from ray_bilevel.benchmark.report import write_summary
+from ray_bilevel.benchmark import evaluation, resume
+from ray_bilevel.benchmark.outputs import write_summary
 from ray_bilevel.benchmark.store import atomic_write_bytes, atomic_write_json, read_json
 from ray_bilevel.config import ConfigError
 
@@ -64,11 +64,11 @@ def test_summary_and_state_are_written_through_the_atomic_writer(tmp_path, monke
 
     monkeypatch.setattr("ray_bilevel.benchmark.store.atomic_write_bytes", spy)
     write_summary([ROW], str(tmp_path))
-    runner._write_state(str(tmp_path / "m"), {"trials": 3})
-    reporting._cache_write(str(tmp_path / "cache"), "k", {"metrics": {"fid": 1.0}, "seconds": 1.0, "cpu_s": 1.0,
+    resume.write_state(str(tmp_path / "m"), {"trials": 3})
+    evaluation._cache_write(str(tmp_path / "cache"), "k", {"metrics": {"fid": 1.0}, "seconds": 1.0, "cpu_s": 1.0,
                                                          "files": {"a.txt": b"abc"}})
-    assert written == ["summary.json", runner._STATE_FILE, "k.json"]
-    assert reporting._cache_read(str(tmp_path / "cache"), "k")["files"] == {"a.txt": b"abc"}
+    assert written == ["summary.json", resume.STATE_FILE, "k.json"]
+    assert evaluation._cache_read(str(tmp_path / "cache"), "k")["files"] == {"a.txt": b"abc"}
 
 
 # -- reading back: one line naming the file ----------------------------------------------------------------
@@ -77,30 +77,30 @@ def test_summary_and_state_are_written_through_the_atomic_writer(tmp_path, monke
 @pytest.mark.parametrize("keep", [0.0, 0.5, 0.95])
 def test_truncated_state_file_on_resume_names_it(tmp_path, keep):
     folder = tmp_path / "toy-bayes-s0"
-    runner._write_state(str(folder), {"trials": 3, "wall_time_s": 1.0, "start": 0.0, "settings": "{}"})
-    assert runner._prepare_dir(str(folder), resume=True)["trials"] == 3
-    state = folder / runner._STATE_FILE
+    resume.write_state(str(folder), {"trials": 3, "wall_time_s": 1.0, "start": 0.0, "settings": "{}"})
+    assert resume.prepare_dir(str(folder), resume=True)["trials"] == 3
+    state = folder / resume.STATE_FILE
     _truncate(state, keep)
     cut = state.read_bytes()
-    for read in (lambda: runner._prepare_dir(str(folder), resume=True),
-                 lambda: runner._method_name(str(tmp_path), "toy-bayes-s0", 3, resume=True)):
+    for read in (lambda: resume.prepare_dir(str(folder), resume=True),
+                 lambda: resume.method_name(str(tmp_path), "toy-bayes-s0", 3, resume=True)):
         with pytest.raises(ConfigError) as exc:
             read()
         _one_line_naming(exc, state, f"delete the folder {folder}")
     assert state.read_bytes() == cut  # nothing rewrote the file on the way
-    assert runner._state(str(tmp_path / "absent")) == {}  # a folder without a state file: a fresh method
+    assert resume.read_state(str(tmp_path / "absent")) == {}  # a folder without a state file: a fresh method
 
 
 def test_state_file_of_another_json_type_is_corrupt(tmp_path):
-    (tmp_path / runner._STATE_FILE).write_text("[1, 2]")
+    (tmp_path / resume.STATE_FILE).write_text("[1, 2]")
     with pytest.raises(ConfigError, match="holds a JSON list"):
-        runner._state(str(tmp_path))
+        resume.read_state(str(tmp_path))
 
 
 @pytest.mark.parametrize("how", ["truncated", "garbage", "bad base64", "no metrics"])
 def test_corrupt_reporting_cache_entry_on_resume_names_it(tmp_path, how):
-    cache = str(tmp_path / reporting.CACHE_DIR)
-    reporting._cache_write(cache, "k", {"metrics": {"fid": 1.0}, "seconds": 1.0, "cpu_s": 1.0, "files": {"a": b"x"}})
+    cache = str(tmp_path / evaluation.CACHE_DIR)
+    evaluation._cache_write(cache, "k", {"metrics": {"fid": 1.0}, "seconds": 1.0, "cpu_s": 1.0, "files": {"a": b"x"}})
     path = Path(cache) / "k.json"
     entry = json.loads(path.read_text())
     if how == "truncated":
@@ -112,9 +112,9 @@ def test_corrupt_reporting_cache_entry_on_resume_names_it(tmp_path, how):
     else:
         path.write_text(json.dumps({"files": {}}))
     with pytest.raises(ConfigError) as exc:
-        reporting._cache_read(cache, "k")
+        evaluation._cache_read(cache, "k")
     _one_line_naming(exc, path, f"delete it (or the folder {cache})")
-    assert reporting._cache_read(cache, "other") is None  # a missing entry is a cache miss
+    assert evaluation._cache_read(cache, "other") is None  # a missing entry is a cache miss
 
 
 @pytest.mark.parametrize("name", ["results.json", "run_info.json"])

@@ -34,11 +34,17 @@ FIRST_LOOK_TRIALS = 2
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> BenchmarkConfig:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0].replace("The command line", "Compare every method on the same task: the command line"),
+    description = __doc__.split("\n\n")[0].replace("The command line",
+                                                   "Compare every method on the same task: the command line")
+    p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="all", help="noise_schedule, reward_lambda, all (both; default), or any registered task")
+    p.add_argument("--task", default="all",
+                   help="noise_schedule, reward_lambda, all (both; default), or any registered task")
     p.add_argument("--preset", default="quick", choices=("smoke", "quick", "paper"), help="task preset (default quick)")
-    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(GENERIC_METHODS)} or a task's own baseline (e.g. weighted_sum for reward_lambda); default: the task's baselines (quick: the paper's baselines + default + bilevel)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated subset of {','.join(GENERIC_METHODS)} or a task's own baseline (e.g. "
+                   "weighted_sum for reward_lambda); default: the task's baselines (quick: the paper's baselines + "
+                   "default + bilevel)")
     p.add_argument("--trials", default=None, help="trials per searcher method: a number, or 'paper' for the paper's "
                    "budgets (the space's Bayesian n_calls: 15 noise schedule, 20 lambda); default: the preset's budget")
     p.add_argument("--budget", default=None, metavar="Nx",
@@ -52,19 +58,27 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Benchm
     p.add_argument("--seed", type=int, default=0, help="seed of every task and searcher (default 0)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2: every method runs once per seed "
                    "(task and searcher seed); the table shows mean ± 95%% interval and paired differences")
-    p.add_argument("--address", default=None, help="Ray cluster to join ('auto', host:port, ray://...); default: a private local instance")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local instance (default: all); ignored with --address")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join ('auto', host:port, ray://...); default: a private local instance")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of the local instance (default: all); ignored with --address")
     p.add_argument("--resources-per-trial", default="cpu=1", help="e.g. cpu=1,gpu=0.5 (default cpu=1)")
-    p.add_argument("--storage-path", default=None, help="Tune storage: absolute folder or URI (default: OUT/ray_results)")
+    p.add_argument("--storage-path", default=None,
+                   help="Tune storage: absolute folder or URI (default: OUT/ray_results)")
     p.add_argument("--out", default="benchmark_results", help="results folder (default ./benchmark_results)")
-    p.add_argument("--resume", action="store_true", help="continue interrupted experiments in the storage path (Tuner.restore) and reuse finished ones; add --seeds or --methods to extend a run (a search with another --trials runs afresh beside the finished one, in NAME-tN; default, bilevel and dense are reused)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="task setting for every trial, e.g. --set eval_samples=500")
+    p.add_argument("--resume", action="store_true",
+                   help="continue interrupted experiments in the storage path (Tuner.restore) and reuse finished "
+                   "ones; add --seeds or --methods to extend a run (a search with another --trials runs afresh beside "
+                   "the finished one, in NAME-tN; default, bilevel and dense are reused)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="task setting for every trial, e.g. --set eval_samples=500")
     p.add_argument("--concurrent-methods", default="auto", metavar="N",
                    help="run up to N methods at once on the Ray instance (default auto: as many as trials fit at once, "
                    "so a single-trial method does not leave cores idle; each method's wall time then includes waiting "
                    "for cores others hold: compare cost by CPU-s; 1: one at a time, each method's wall time its own)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
-    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2, 3), help="Tune's verbosity (default 1: status tables)")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2, 3),
+                   help="Tune's verbosity (default 1: status tables)")
     a = p.parse_args(argv)
     tasks = list(TASKS) if a.task == "all" else [t.strip() for t in a.task.split(",") if t.strip()]
     methods = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else None
@@ -81,7 +95,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Benchm
         if a.trials is not None:
             raise ConfigError(f"--budget {a.budget} and --trials {a.trials} both set the budget; give one of them.")
         if not text.isdigit() or int(text) < 1:
-            raise ConfigError(f"--budget takes a positive whole number of full trainings such as 4x, got {a.budget!r}.")
+            raise ConfigError(f"--budget takes a positive whole number of full trainings such as 4x, got "
+                              f"{a.budget!r}.")
         trials = int(text)
     if a.preset == "quick" and not (a.full or methods or a.trials or a.budget):  # the first look (README)
         methods, trials = list(FIRST_LOOK), FIRST_LOOK_TRIALS
@@ -94,7 +109,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Benchm
     concurrent: int | None = None
     if a.concurrent_methods != "auto":
         if not a.concurrent_methods.isdigit() or int(a.concurrent_methods) < 1:
-            raise ConfigError(f"--concurrent-methods takes a positive integer or 'auto', got {a.concurrent_methods!r}.")
+            raise ConfigError(f"--concurrent-methods takes a positive integer or 'auto', got "
+                              f"{a.concurrent_methods!r}.")
         concurrent = int(a.concurrent_methods)
     return BenchmarkConfig(
         tasks=tasks, preset=a.preset, methods=methods, trials=trials, seed=a.seed, seeds=seeds, address=a.address,

@@ -1,9 +1,9 @@
 """Which methods run on which task, with which budget, and how each becomes one Tune experiment.
 
 Same task, data, model size, seeds and evaluator for every method; each searcher gets the same number of
-trials; wall time is the whole method. What is compared, and with which budget, the task declares itself
-(``Task.baselines``, ``Task.task_methods()``, ``Task.budget(preset)``, ``Task.search_space()``); nothing
-here is keyed by task name.
+trials; wall time is the whole method. What is compared, and with which budget, the task's folder declares
+(``Task.benchmark``, a :class:`~ray_bilevel.benchspec.BenchmarkSpec`: baselines, budgets, oracle design, the task's own
+baselines; and ``Task.search_space()``); nothing here is keyed by task name.
 
 =============  ==========================================================================
 method         Tune experiment
@@ -11,9 +11,9 @@ method         Tune experiment
 default        one FixedHyperTrainable trial at the task's default hyperparameters
 bilevel        one BilevelTrainable trial (the task's ``hyper_step``: Algorithm 1 / 6 / 2)
 bilevel_retrain  learn, then retrain: one BilevelTrainable trial with ``retrain=True`` (the bilevel run, then a
-               fresh lower-level run at the learned hyperparameters, whose result is the answer; both booked). What that step
-               computes depends on the task's preset (README's task table): on the noise schedule's quick
-               preset, Adam on a coordinate-wise central-difference zeroth-order gradient of validation
+               fresh lower-level run at the learned hyperparameters, whose result is the answer; both booked).
+               What that step computes depends on the task's preset (README's task table): on the noise
+               schedule's quick preset, Adam on a coordinate-wise central-difference zeroth-order gradient of validation
                domain FID (the penalty term of eq. (4), measured, is 3.6e-5 of it); eq. (4) with a
                working penalty is the variant ``z_fid_grad="surrogate"`` (docs/noise_schedule.md)
 grid           FixedHyperTrainable + ``tune.grid_search`` (1-D: ``trials`` points)
@@ -23,7 +23,7 @@ tpe            FixedHyperTrainable + Ray's HyperOptSearch
 greedy         FixedHyperTrainable + :class:`~ray_bilevel.tune.GreedyGridSearcher`
 pbt            FixedHyperTrainable population + Tune's PopulationBasedTraining (hyperparameters
                mutated during training through checkpoints)
-dense          the oracle: FixedHyperTrainable at every point of ``Task.oracle_points(preset)``; its answer
+dense          the oracle: FixedHyperTrainable at every point of ``Task.benchmark.oracle_points``; its answer
                (best on validation) is the regret reference
 asha           random search (Optuna's RandomSampler) under Tune's AsyncHyperBandScheduler, which stops trials
                at rungs of their validation metric; it starts trials while its compute (``cost_flops``) stays
@@ -43,21 +43,30 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ray_bilevel.benchspec import GENERIC_METHODS
 from ray_bilevel.config import ConfigError
 from ray_bilevel.space import Budget, SearchSpace
-from ray_bilevel.tasks import Task, get_task
-from ray_bilevel.tasks.base import GENERIC_METHODS
-from ray_bilevel.tune.searchers import METHODS as SEARCH_METHODS, make_searcher
+from ray_bilevel.tasks import Task, get_task, task_ref
+from ray_bilevel.tune.budget import BudgetLimiter
+from ray_bilevel.tune.points import PointsSearcher
+from ray_bilevel.tune.searchers import METHODS as SEARCH_METHODS, make_searcher, optuna_search
 from ray_bilevel.tune.spaces import tune_domains
 
-__all__ = ["GENERIC_METHODS", "methods_for", "ExperimentSpec", "build_experiment", "iterations_per_step"]
+__all__ = ["GENERIC_METHODS", "methods_for", "offered_methods", "ExperimentSpec", "build_experiment",
+           "iterations_per_step"]
+
+
+def offered_methods(task: Any) -> tuple[str, ...]:
+    """Every method the benchmark can run on ``task`` (the generic ones its search space allows, and its own)."""
+    cls = get_task(task)
+    return cls.benchmark.methods(cls.search_space())
 
 
 def methods_for(task: Any) -> tuple[str, ...]:
     """The methods compared on ``task`` by default: its declared ``baselines`` that it can run."""
     cls = get_task(task)
-    offered = cls.methods()
-    return tuple(m for m in cls.baselines if m in offered)
+    offered = offered_methods(cls)
+    return tuple(m for m in cls.benchmark.baselines if m in offered)
 
 
 @dataclasses.dataclass
@@ -108,21 +117,20 @@ def build_experiment(
     """The :class:`ExperimentSpec` of ``method`` on ``task``; ``base`` holds the constants of every trial."""
     cls: type[Task] = get_task(task)
     name = cls.name or cls.__name__
-    if method not in cls.methods():
-        raise ConfigError(f"unknown method {method!r} for task {name!r}; choose from {list(cls.methods())}.")
+    offered = offered_methods(cls)
+    if method not in offered:
+        raise ConfigError(f"unknown method {method!r} for task {name!r}; choose from {list(offered)}.")
     base = dict(base)
     if method in ("default", "bilevel"):
         return ExperimentSpec(name, method, method == "bilevel", base, metric, mode)
     if method == "bilevel_retrain":  # learn, then retrain: one BilevelTrainable trial with retrain=True
         return ExperimentSpec(name, method, True, {**base, "retrain": True}, metric, mode)
-    own = cls.task_methods()
+    own = cls.benchmark.task_methods
     if method in own:
         tm = own[method]
         other = get_task(tm.task)
         plan = make_searcher(tm.searcher, tm.space, other.tuning_metric(), other.mode, seed, trials,
                              max_concurrent=max_concurrent)
-        from ray_bilevel.tasks import task_ref
-
         trial_task = other.name or other.__name__
         return ExperimentSpec(name, method, False, {**base, "task": task_ref(tm.task), **plan.param_space},
                               other.tuning_metric(),
@@ -134,20 +142,16 @@ def build_experiment(
     if space is None:  # pragma: no cover - methods() offers searchers only with a space
         raise ConfigError(f"task {name!r} declares no search space for method {method!r}.")
     if method == "dense":  # the oracle: every point of the task's sweep, once (not subject to the trial budget)
-        from ray_bilevel.tune.points import PointsSearcher
-
-        points = cls.oracle_points(str(base.get("preset", "quick")))
+        points = cls.benchmark.oracle_points(space, str(base.get("preset", "quick")))
         return ExperimentSpec(name, method, False, dict(base), metric, mode, search_alg=PointsSearcher(points),
                               num_samples=len(points), trials=len(points))
     if method == "asha":
         from ray.tune.schedulers import AsyncHyperBandScheduler
         from ray.tune.search import ConcurrencyLimiter
 
-        from ray_bilevel.tune.budget import BudgetLimiter
-        from ray_bilevel.tune.searchers import optuna_search
-
         limiter = BudgetLimiter(optuna_search("random", space, metric, mode, seed, trials), budget=trials,
-                                in_trials=True, iterations=budget.iterations, max_trials=budget.asha_max_trials * trials)
+                                in_trials=True, iterations=budget.iterations,
+                                max_trials=budget.asha_max_trials * trials)
         # a fixed trial runs at most budget.iterations Tune iterations (iterations_per_step), so max_t never cuts one
         asha = AsyncHyperBandScheduler(time_attr="training_iteration", max_t=budget.iterations,
                                             grace_period=budget.asha_grace, reduction_factor=budget.asha_eta)

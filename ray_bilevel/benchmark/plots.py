@@ -7,18 +7,21 @@ min-max band) and the dense oracle sweep against the swept hyperparameter."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
+
+from ray_bilevel.benchmark.stats import mean_ci, sweep_slice, sweep_summary, task_mode
+from ray_bilevel.benchmark.summary import MethodRun
 
 __all__ = ["make_plots", "make_summary_plots", "anytime_plot", "oracle_plot"]
 
 #: The oracle plot's two marked sweep points, in colours no method line uses (methods are drawn dotted).
 _SELECTED = {"*": "darkorange", "D": "teal"}
-_COLORS = {"default": "black", "bilevel": "tab:red", "greedy": "tab:blue", "grid": "tab:blue", "random": "tab:green",
-           "bayes": "tab:purple", "tpe": "tab:orange", "pbt": "tab:brown", "dense": "dimgray", "bilevel_retrain": "darkred",
-           "asha": "limegreen", "optuna_tpe": "goldenrod", "optuna_gp": "mediumorchid", "pb2": "sienna"}
+_COLORS = {"default": "black", "bilevel": "tab:red", "greedy": "tab:blue", "grid": "tab:blue",
+           "random": "tab:green", "bayes": "tab:purple", "tpe": "tab:orange", "pbt": "tab:brown", "dense": "dimgray",
+           "bilevel_retrain": "darkred", "asha": "limegreen", "optuna_tpe": "goldenrod",
+           "optuna_gp": "mediumorchid", "pb2": "sienna"}
 _EXTRA_COLORS = ("tab:cyan", "tab:olive", "tab:pink", "tab:gray")
 
 
@@ -51,14 +54,14 @@ def _finish(fig: Any, ax: Any, path: str, xlabel: str, ylabel: str, title: str) 
     return path
 
 
-def _by_task(runs: Sequence[Any]) -> dict[str, list[Any]]:
-    tasks: dict[str, list[Any]] = {}
+def _by_task(runs: Sequence[MethodRun]) -> dict[str, list[MethodRun]]:
+    tasks: dict[str, list[MethodRun]] = {}
     for r in runs:
         tasks.setdefault(r.row["task"], []).append(r)
     return tasks
 
 
-def _metric_vs_time(task: str, runs: Sequence[Any], path: str) -> str | None:
+def _metric_vs_time(task: str, runs: Sequence[MethodRun], path: str) -> str | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
@@ -89,7 +92,7 @@ def _metric_vs_time(task: str, runs: Sequence[Any], path: str) -> str | None:
                    f"{task}: {metric} vs wall time (in-loop evaluation{'' if seed is None else f', seed {seed}'})")
 
 
-def _trajectory(task: str, run: Any, names: Sequence[str], path: str) -> str | None:
+def _trajectory(task: str, run: MethodRun, names: Sequence[str], path: str) -> str | None:
     """Hyperparameters of the bilevel trial per outer step (the exported per-step trajectory if the task
     writes one, else the Tune reports)."""
     points = []
@@ -117,7 +120,7 @@ def _trajectory(task: str, run: Any, names: Sequence[str], path: str) -> str | N
     return path
 
 
-def _alphas_cumprod(task: str, runs: Sequence[Any], path: str) -> str | None:
+def _alphas_cumprod(task: str, runs: Sequence[MethodRun], path: str) -> str | None:
     """ᾱ_t = ∏(1 − β_s) of each method's best schedule, from ``scheduler/scheduler_config.json``."""
     import numpy as np
 
@@ -140,7 +143,7 @@ def _alphas_cumprod(task: str, runs: Sequence[Any], path: str) -> str | None:
     return _finish(fig, ax, path, "t", r"$\bar\alpha_t$", f"{task}: learned vs default schedule")
 
 
-def _samples(task: str, runs: Sequence[Any], path: str) -> str | None:
+def _samples(task: str, runs: Sequence[MethodRun], path: str) -> str | None:
     """Every method's exported ``*.png`` sample grid side by side."""
     images = []
     for r in runs:
@@ -148,7 +151,8 @@ def _samples(task: str, runs: Sequence[Any], path: str) -> str | None:
             continue
         pngs = sorted(f for f in os.listdir(r.artifacts) if f.endswith(".png"))
         if pngs:
-            images.append((r.row["method"], os.path.join(r.artifacts, "samples.png" if "samples.png" in pngs else pngs[0])))
+            png = "samples.png" if "samples.png" in pngs else pngs[0]
+            images.append((r.row["method"], os.path.join(r.artifacts, png)))
     if not images:
         return None
     plt = _plt()
@@ -164,7 +168,7 @@ def _samples(task: str, runs: Sequence[Any], path: str) -> str | None:
     return path
 
 
-def make_plots(runs: Sequence[Any], out: str) -> list[str]:
+def make_plots(runs: Sequence[MethodRun], out: str) -> list[str]:
     """Write the per-run plots of every task into ``out/plots`` (of its first seed when there are several; the
     multi-seed pictures are :func:`make_summary_plots`'); returns the paths written."""
     folder = os.path.join(out, "plots")
@@ -189,12 +193,6 @@ def make_plots(runs: Sequence[Any], out: str) -> list[str]:
 
 def _task_rows(rows: Sequence[dict[str, Any]], task: str) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("task") == task]
-
-
-def _mode(rows: Sequence[dict[str, Any]]) -> str | None:
-    from ray_bilevel.benchmark.stats import _task_mode
-
-    return _task_mode(rows)
 
 
 def _better_text(mode: str | None) -> str:
@@ -233,9 +231,10 @@ def _on_grid(xs: Sequence[float], ys: Sequence[float], grid: Any) -> Any:
 
 def anytime_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | None:
     """Test value of each method's validation-selected incumbent (the rows' ``curve``) against its cumulative
-    counted compute (``cost_flops``; CPU-seconds for older results): per method the mean over seeds (each seed's step curve evaluated on the union of the seeds'
-    breakpoints, from where every seed has a point to where the last one ends; a finished seed holds its
-    answer) with a min-max band; log x when the CPU range spans more than 30×. ``None`` if no row has a curve."""
+    counted compute (``cost_flops``; CPU-seconds for older results): per method the mean over seeds (each seed's
+    step curve evaluated on the union of the seeds' breakpoints, from where every seed has a point to where the last
+    one ends; a finished seed holds its answer) with a min-max band; log x when the CPU range spans more than 30×.
+    ``None`` if no row has a curve."""
     import numpy as np
 
     sub = _task_rows(rows, task)
@@ -270,53 +269,11 @@ def anytime_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | 
         return None
     if spans and max(spans) / min(spans) > 30:
         ax.set_xscale("log")
-    mode = _mode(sub)
+    mode = task_mode(sub)
     metric = next((r.get("metric") for r in sub if r.get("metric")), "metric")
     return _finish(fig, ax, path, x_label, f"{metric} (test)",
                    f"{task}: test {metric} of the validation-selected answer{_better_text(mode)}\n"
                    "mean over seeds, band = min–max over seeds")
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
-def _defaults(sub: Sequence[dict[str, Any]], configs: Sequence[dict[str, Any]], params: Sequence[str]) -> dict[str, Any]:
-    """The task's default hyperparameters: the ``default`` method's config, else each parameter's commonest value."""
-    default = next((r.get("best_config") for r in sub if r.get("method") == "default" and r.get("best_config")), None)
-    out = dict(default or {})
-    for p in params:
-        if p not in out:
-            values = [json.dumps(c["config"].get(p), default=str) for c in configs]
-            out[p] = json.loads(max(dict.fromkeys(values), key=values.count))
-    return out
-
-
-def _slice(sub: Sequence[dict[str, Any]], configs: Sequence[dict[str, Any]]) -> tuple[str | None, list[int], bool]:
-    """``(parameter, indices of the configs on its 1-D slice, is_slice)``: the only varying parameter of a 1-D
-    sweep; else the parameter varying most among the configs whose other parameters equal the defaults; else
-    (no such slice) the parameter with the most values and every config."""
-    params = list(dict.fromkeys(k for c in configs for k in c["config"]))
-    def distinct(idx: Sequence[int], p: str) -> int:
-        return len({json.dumps(configs[i]["config"].get(p), default=str) for i in idx})
-    every = list(range(len(configs)))
-    varying = [p for p in params if distinct(every, p) > 1]
-    if not varying:
-        return None, every, True
-    if len(varying) == 1:
-        return varying[0], every, True
-    defaults = _defaults(sub, configs, varying)
-    best: tuple[int, str, list[int]] | None = None
-    for p in varying:
-        idx = [i for i in every if all(_same(configs[i]["config"].get(q), defaults.get(q)) for q in varying if q != p)]
-        if distinct(idx, p) > 1 and (best is None or distinct(idx, p) > best[0]):
-            best = (distinct(idx, p), p, idx)
-    if best is not None:
-        return best[1], best[2], True
-    p = max(varying, key=lambda q: distinct(every, q))
-    return p, every, False
 
 
 def oracle_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | None:
@@ -328,15 +285,13 @@ def oracle_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | N
     and default's mean test values. Log x when positive and spanning more than 30×. ``None`` without a sweep."""
     import numpy as np
 
-    from ray_bilevel.benchmark.stats import mean_ci, sweep_summary
-
     sub = _task_rows(rows, task)
     configs = sweep_summary([r for r in sub if r.get("method") == "dense"])
     configs = [c for c in configs if c["test"]["mean"] is not None]
-    param, idx, is_slice = _slice(sub, configs)
+    param, idx, is_slice = sweep_slice(sub, configs)
     if not configs or param is None:
         return None
-    mode = _mode(sub)
+    mode = task_mode(sub)
     sign = -1.0 if mode == "max" else 1.0
     with_val = [i for i, c in enumerate(configs) if c["val"]["mean"] is not None]
     val_best = min(with_val, key=lambda i: sign * configs[i]["val"]["mean"]) if with_val else None
@@ -362,11 +317,13 @@ def oracle_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | N
         else:
             ax.vlines(x, low, high, color="tab:gray", alpha=0.4)
     if np.isfinite(val).any():
-        ax.plot(x, val, "--" if is_slice else "x", color="tab:gray", alpha=0.7, label="dense sweep, validation (mean)")
+        ax.plot(x, val, "--" if is_slice else "x", color="tab:gray", alpha=0.7,
+                label="dense sweep, validation (mean)")
     for i, marker, name in ((val_best, "*", "validation-selected"), (test_best, "D", "best on test (descriptive)")):
         if i is None:
             continue
-        text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in configs[i]["config"].items())
+        text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in configs[i]["config"].items())
         if i in idx:
             j = idx.index(i)
             ax.plot([x[j]], [test[j]], marker, color=_SELECTED[marker], ms=13 if marker == "*" else 7,
@@ -385,7 +342,8 @@ def oracle_plot(rows: Sequence[dict[str, Any]], task: str, path: str) -> str | N
     metric = next((r.get("metric") for r in sub if r.get("metric")), "metric")
     if len(configs[idx[0]]["config"]) > 1:
         rest = ", ".join(f"{k}={configs[idx[0]]['config'][k]}" for k in configs[idx[0]]["config"] if k != param)
-        where = f"slice through the defaults ({rest})" if is_slice else "every config (no 1-D slice through the defaults)"
+        where = (f"slice through the defaults ({rest})" if is_slice
+                 else "every config (no 1-D slice through the defaults)")
     else:
         where = "1-D sweep"
     return _finish(fig, ax, path, param, f"{metric} (test)",

@@ -21,9 +21,11 @@ def _call(fn: Callable[[J], R], job: J) -> R:
 
 
 def run_ordered(fn: Callable[[J], R], jobs: Sequence[J], width: int, log: Callable[[str], None] = print,
-                describe: Callable[[J], str] = str, done_note: Callable[[R], str] = lambda r: "") -> list[R]:
+                describe: Callable[[J], str] = str, done_note: Callable[[R], str] = lambda r: "",
+                tick: Callable[[], None] | None = None, tick_s: float = 5.0) -> list[R]:
     """``[fn(job) for job in jobs]`` with up to ``width`` jobs running at once (``width == 1``: in this process,
-    in order). An error of a job is raised here, when it is collected. ``fn`` and the jobs must pickle (Ray)."""
+    in order). An error of a job is raised here, when it is collected. ``fn`` and the jobs must pickle (Ray).
+    ``tick`` is called every ``tick_s`` seconds while jobs run at once (the harness echoes their progress)."""
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}.")
     if width == 1 or len(jobs) < 2:
@@ -41,7 +43,9 @@ def run_ordered(fn: Callable[[J], R], jobs: Sequence[J], width: int, log: Callab
             i, job = queue.pop(0)
             pending[remote.remote(fn, job)] = i
             log(f"started {describe(job)} ({len(pending)} of {width} slots busy, {len(queue)} waiting)")
-        ready, _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=tick_s if tick is not None else None)
+        if tick is not None:
+            tick()
         for ref in ready:
             i = pending.pop(ref)
             try:

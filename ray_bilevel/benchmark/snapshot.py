@@ -16,8 +16,9 @@ The fix: :class:`StateSnapshot`, a Tune callback, is called by Tune right after 
 staging folder (``Callback.get_state`` runs after the experiment and searcher states are saved) and packs that
 snapshot's files into one file of the experiment folder, ``ray_bilevel_snapshot.json``, written whole or not at all
 (a temporary file renamed over it). :func:`restore_snapshot`, called before ``Tuner.restore``, puts the pair back in
-place of whatever the background copy left. A kill during our own write leaves the previous whole snapshot. Local experiment folders only; for a storage URI Tune's
-own copy is all there is (docs/algorithms.md §4, "Resume after a fault").
+place of whatever the background copy left. A kill during our own write leaves the previous whole snapshot. Local
+experiment folders only; for a storage URI Tune's own copy is all there is (docs/algorithms.md §4, "Resume after a
+fault").
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ POINTER = "ray_bilevel_snapshot.json"
 _FORMAT = "ray_bilevel.tune_snapshot/1"
 _STATE = "experiment_state-"
 #: the files of one Tune snapshot: the experiment state and the searcher's (random/grid, or Searcher-based)
-_SNAPSHOT_FILE = re.compile(r"^(experiment_state|basic-variant-state|search_gen_state|searcher-state)-(?P<s>.+)\.(json|pkl)$")
+_SNAPSHOT_FILE = re.compile(
+    r"^(experiment_state|basic-variant-state|search_gen_state|searcher-state)-(?P<s>.+)\.(json|pkl)$")
 
 
 def _session(name: str) -> str | None:

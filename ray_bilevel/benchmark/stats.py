@@ -1,18 +1,22 @@
 """Statistics of the evidence protocol: means with Student-t confidence intervals over seeds, per (task, method,
 metric), and paired differences (reference − other, paired by seed) with a verdict.
 
-Rows are the benchmark's results rows (one per task, method and seed; see :mod:`ray_bilevel.benchmark.report`).
+Rows are the benchmark's results rows (one per task, method and seed; see :mod:`ray_bilevel.benchmark.outputs`).
 Missing (``None``) and non-finite values are left out, so ``n`` counts the seeds that reported a value.
 An interval needs two values: with ``n == 1`` its bounds are ``None`` (not NaN, so JSON stays valid), and a
 paired difference of one seed is a ``"tie"``.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["NUMERIC_KEYS", "TEST_METRICS", "direction", "mean_ci", "summarise", "paired_differences", "sweep_summary"]
+from ray_bilevel.benchmark.common import finite
+
+__all__ = ["NUMERIC_KEYS", "TEST_METRICS", "direction", "mean_ci", "summarise", "paired_differences", "sweep_summary",
+           "sweep_slice", "task_mode"]
 
 #: Test metrics of a row (each has a ``_val`` twin: the same metric on the validation split).
 TEST_METRICS = ("fid", "fid_domain", "is", "alignment", "reward")
@@ -27,13 +31,8 @@ _MAX_KEYS = ("is", "alignment", "reward")
 
 
 def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+    """A finite number (not a bool) as a float, else ``None``."""
+    return finite(value, bool_ok=False)
 
 
 def direction(key: str, mode: str | None = None) -> str | None:
@@ -75,7 +74,8 @@ def _ordered(rows: Sequence[Mapping[str, Any]], key: str, **match: Any) -> list[
     return list(dict.fromkeys(r.get(key) for r in rows if all(r.get(k) == v for k, v in match.items())))
 
 
-def _task_mode(rows: Sequence[Mapping[str, Any]]) -> str | None:
+def task_mode(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The task's mode (``"min"`` / ``"max"``) as its rows record it, else the direction of its metric."""
     modes = [r.get("mode") for r in rows if r.get("mode") in ("min", "max")]
     if modes:
         return modes[0]
@@ -124,7 +124,7 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], reference: str = "bile
         ref_rows = [r for r in sub if r.get("method") == reference]
         if not ref_rows:
             continue
-        mode = _task_mode(sub)
+        mode = task_mode(sub)
         for method in _ordered(sub, "method"):
             if method == reference:
                 continue
@@ -156,13 +156,12 @@ def sweep_summary(rows: Sequence[Mapping[str, Any]], level: float = 0.95) -> lis
     """The dense oracle sweep of ``rows`` (their ``sweep`` lists: ``{config, metric_value, metric_value_val}``), per
     config over seeds, in the sweep's order: ``{config, test, val, test_values, val_values}`` where ``test`` /
     ``val`` are ``{mean, ci95_low, ci95_high, n}`` (:func:`mean_ci`) and ``*_values`` the finite per-seed values."""
-    import json
-
     groups: dict[str, dict[str, Any]] = {}
     for r in rows:
         for point in r.get("sweep") or []:
             config = dict(point.get("config") or {})
-            g = groups.setdefault(json.dumps(config, sort_keys=True, default=str), {"config": config, "test": [], "val": []})
+            g = groups.setdefault(json.dumps(config, sort_keys=True, default=str),
+                                  {"config": config, "test": [], "val": []})
             g["test"].append(_finite(point.get("metric_value")))
             g["val"].append(_finite(point.get("metric_value_val")))
     out = []
@@ -174,3 +173,49 @@ def sweep_summary(rows: Sequence[Mapping[str, Any]], level: float = 0.95) -> lis
             entry[f"{split}_values"] = [v for v in g[split] if v is not None]
         out.append(entry)
     return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _defaults(sub: Sequence[Mapping[str, Any]], configs: Sequence[Mapping[str, Any]],
+              params: Sequence[str]) -> dict[str, Any]:
+    """The task's default hyperparameters: the ``default`` method's config, else each parameter's commonest value."""
+    default = next((r.get("best_config") for r in sub if r.get("method") == "default" and r.get("best_config")), None)
+    out = dict(default or {})
+    for p in params:
+        if p not in out:
+            values = [json.dumps(c["config"].get(p), default=str) for c in configs]
+            out[p] = json.loads(max(dict.fromkeys(values), key=values.count))
+    return out
+
+
+def sweep_slice(sub: Sequence[Mapping[str, Any]],
+                configs: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[int], bool]:
+    """The 1-D slice of a dense sweep that the oracle plot draws, from a task's rows ``sub`` and the sweep's
+    :func:`sweep_summary` ``configs``: ``(parameter, indices of the configs on its 1-D slice, is_slice)``: the only
+    varying parameter of a 1-D sweep; else the parameter varying most among the configs whose other parameters
+    equal the defaults; else (no such slice) the parameter with the most values and every config."""
+    params = list(dict.fromkeys(k for c in configs for k in c["config"]))
+    def distinct(idx: Sequence[int], p: str) -> int:
+        return len({json.dumps(configs[i]["config"].get(p), default=str) for i in idx})
+    every = list(range(len(configs)))
+    varying = [p for p in params if distinct(every, p) > 1]
+    if not varying:
+        return None, every, True
+    if len(varying) == 1:
+        return varying[0], every, True
+    defaults = _defaults(sub, configs, varying)
+    best: tuple[int, str, list[int]] | None = None
+    for p in varying:
+        idx = [i for i in every
+               if all(_same(configs[i]["config"].get(q), defaults.get(q)) for q in varying if q != p)]
+        if distinct(idx, p) > 1 and (best is None or distinct(idx, p) > best[0]):
+            best = (distinct(idx, p), p, idx)
+    if best is not None:
+        return best[1], best[2], True
+    p = max(varying, key=lambda q: distinct(every, q))
+    return p, every, False

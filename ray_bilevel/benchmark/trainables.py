@@ -27,11 +27,13 @@ MAX_EXPORT_BYTES = 8 * 2**20
 class _Fresh:
     """Mixin: a reused actor rebuilds its task (no test-split reads happen in a trial); every report carries
     ``reported_at`` (``time.time()``, sub-second: Tune's own ``timestamp`` is whole seconds, too coarse to order two
-    trials that finish in the same second, which the anytime curve needs)."""
+    trials that finish in the same second, which the anytime curve needs) and ``work_fraction`` (the share of the
+    trial's complete run done: the harness's progress line, :mod:`.progress`)."""
 
     def step(self) -> dict[str, Any]:
         report = super().step()  # type: ignore[misc]
         report["reported_at"] = time.time()
+        report["work_fraction"] = self.work_done / max(1, self._budget())  # type: ignore[attr-defined]
         return report
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:

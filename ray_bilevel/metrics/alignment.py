@@ -78,7 +78,7 @@ class ClassAlignment(nn.Module):
     def __init__(self, classifier: nn.Module | None = None, log: bool = False) -> None:
         super().__init__()
         if classifier is None:
-            from ray_bilevel.assets.digit_classifier import load_digit_classifier
+            from ray_bilevel.models.digit_classifier import load_digit_classifier
 
             classifier = load_digit_classifier()
         self.classifier = classifier

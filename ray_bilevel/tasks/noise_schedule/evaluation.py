@@ -59,7 +59,9 @@ class UpperMetrics:
             self._real[split] = load_images(self.cfg.dataset, split=split, **self._kw)
         return self._real[split]
 
-    def fid_domain(self, images: torch.Tensor, split: str = "val") -> float:
+    def domain_evaluator(self, split: str = "val") -> Any:
+        """The :class:`~ray_bilevel.metrics.fid.FIDEvaluator` of ``fid_domain`` on ``split`` (digit features), built
+        on first use and shared (the surrogate of the penalty network reads the validation one's real statistics)."""
         if split not in self._domain:
             from ray_bilevel.metrics.features import digit_extractor
             from ray_bilevel.metrics.fid import FIDEvaluator
@@ -67,7 +69,11 @@ class UpperMetrics:
             real = self.real(split)
             self._domain[split] = FIDEvaluator(digit_extractor(device=self.device), real.images, cache_key=real.name,
                                                shrinkage=self.cfg.fid_shrinkage)
-        return float(self._domain[split](images))
+        return self._domain[split]
+
+    def fid_domain(self, images: torch.Tensor, split: str = "val") -> float:
+        """Fréchet distance of ``images``' digit features to the real images of ``split``."""
+        return float(self.domain_evaluator(split)(images))
 
     def final(self, images: torch.Tensor, split: str) -> dict[str, float]:
         """Inception ``fid`` and classifier ``is`` of ``images`` against ``split``, with the protocol recorded."""

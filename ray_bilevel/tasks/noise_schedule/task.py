@@ -28,7 +28,7 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -43,13 +43,14 @@ from ray_bilevel.estimators.schedule_step import (
     sm_step,
 )
 from ray_bilevel.schedules import NAMES, NoiseSchedule, alphas_cumprod_from
-from ray_bilevel.space import Budget, SearchSpace
+from ray_bilevel.space import SearchSpace
 from ray_bilevel.tasks.base import Task
 from ray_bilevel.tasks.noise_schedule import settings
+from ray_bilevel.tasks.noise_schedule.benchmark import SPEC
 from ray_bilevel.tasks.noise_schedule.evaluation import UpperMetrics, abar_report
 from ray_bilevel.tasks.noise_schedule.exports import write_exports
 from ray_bilevel.tasks.noise_schedule.settings import NoiseScheduleSettings
-from ray_bilevel.tasks.noise_schedule.surrogate import reference_network, surrogate_penalty_steps
+from ray_bilevel.tasks.noise_schedule.surrogate import SurrogateFID, SurrogatePenalty
 
 __all__ = ["NoiseScheduleTask"]
 
@@ -64,15 +65,7 @@ class NoiseScheduleTask(Task):
     mode = "min"
     selection_metric = "fid_domain_val"
     metric_modes = {"fid": "min", "fid_domain": "min", "is": "max", "lower_loss": "min"}
-    baselines: ClassVar[tuple[str, ...]] = settings.BASELINES
-
-    @classmethod
-    def budget(cls, preset: str) -> Budget:
-        return settings.BUDGETS.get(preset) or super().budget(preset)
-
-    @classmethod
-    def oracle_points(cls, preset: str = "quick") -> list[dict[str, float]]:
-        return settings.oracle_points(preset)
+    benchmark = SPEC
 
     @classmethod
     def search_space(cls) -> SearchSpace:
@@ -115,6 +108,29 @@ class NoiseScheduleTask(Task):
         self.outer_done = 0
         self.bilevel_steps = 0
         self.trajectory: list[dict[str, float]] = []
+        self._surrogate: SurrogateFID | None = None
+        self._surrogate_penalty: SurrogatePenalty | None = None
+
+    # -- the penalty network's differentiable surrogate (z_fid_grad="surrogate", surrogate.py) ----------------------
+    @property
+    def surrogate(self) -> SurrogateFID:
+        """f̃, against the validation evaluator's real statistics (the ``fid_domain`` "val" evaluator, shared)."""
+        if self._surrogate is None:
+            c, evaluator = self.cfg, self.upper.domain_evaluator("val")
+            self._surrogate = SurrogateFID(evaluator.extractor.model, evaluator.real, c.surrogate_steps,
+                                           c.surrogate_shrinkage, c.surrogate_covariance)
+        return self._surrogate
+
+    @property
+    def surrogate_penalty(self) -> SurrogatePenalty:
+        """The penalty network's steps on SM + f̃/γ, built on first use (its y' is rebuilt from y every step)."""
+        if self._surrogate_penalty is None:
+            c = self.cfg
+            self._surrogate_penalty = SurrogatePenalty(
+                self.surrogate, T=c.T, inner_z=c.inner_z, samples=c.surrogate_samples, lr=c.lr_z,
+                weight_decay=c.weight_decay, use_reference=c.surrogate_reference, shape=self.shape,
+                device=self.device, generator=self.gens["penalty"])
+        return self._surrogate_penalty
 
     # -- the upper variable ---------------------------------------------------------------
     def hyperparameters(self) -> dict[str, float]:
@@ -221,7 +237,7 @@ class NoiseScheduleTask(Task):
             # y's AdamW moments: a fresh Adam's first step moves every weight by ~lr (z's 96-sample FID ~290 -> ~770)
             copy_with_moments_(self.z, self.opt_z, self.y, self.opt_y)
         if c.z_fid_grad == "surrogate":  # autograd of a differentiable surrogate of FID (surrogate.py)
-            return surrogate_penalty_steps(self, alphas, x0, gamma)
+            return self.surrogate_penalty.steps(self.z, self.opt_z, self.y, self.opt_y, alphas, x0, gamma)
         params = list(self.z.parameters())
         z_losses, zo_norm, fids = [], 0.0, []
         for _ in range(c.inner_z):
@@ -260,8 +276,8 @@ class NoiseScheduleTask(Task):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_y, h_z) = grad_q SM(y; q), grad_q SM(z; q) on the SAME (x0, t, eps) (docs/algorithms.md §3.4), as (4,)
         tensors."""
-        # y, or y' (surrogate)
-        h_y, h_z = schedule_sm_gradients(self.schedule, (reference_network(self), self.z), x0, t, noise)
+        ref = self._surrogate_penalty.reference(self.y) if self._surrogate_penalty is not None else self.y  # y or y'
+        h_y, h_z = schedule_sm_gradients(self.schedule, (ref, self.z), x0, t, noise)
         return h_y, h_z
 
     def _alphas_of(self, qv: torch.Tensor) -> torch.Tensor:

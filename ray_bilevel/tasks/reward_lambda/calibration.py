@@ -14,7 +14,7 @@ as y* lies far above the rewards the sampler reaches (ink: y* = 100, E[r2] ≈ 1
 mean of r2 measured on a λ sweep at a probe β0 (:func:`fit_beta0`, least squares) is matched to the
 importance-weighted prediction
 ``E_{p*_λ}[r2] = Σ_i softmax(r2/λ)_i r2_i`` over pre-trained samples, at the λ where the prediction is reliable
-(effective sample size of the weights large enough). ``benchmarks/lambda_problem.py --calibrate`` fits it and writes
+(effective sample size of the weights large enough). ``tools/lambda_problem.py --calibrate`` fits it and writes
 :data:`CALIBRATION_FILE` next to the model; a task with ``beta0=None`` (the offline default) reads it
 (:func:`resolve_beta0`).
 
@@ -65,7 +65,7 @@ def calibration_path(model_path: str | Path | None = None) -> Path:
     """The calibration file of the model in ``model_path`` ("" or None: the shipped digits model)."""
     if model_path:
         return Path(model_path) / CALIBRATION_FILE
-    from ray_bilevel.assets.cond_unet import COND_UNET_DIR
+    from ray_bilevel.models.cond_unet import COND_UNET_DIR
 
     return COND_UNET_DIR / CALIBRATION_FILE
 
@@ -185,7 +185,7 @@ _COMMAND_KEYS = ("model", "model_path", "prompt", "reward", "upper", "ink_target
 
 def calibration_command(cfg: Any) -> str:
     """The command that fits β0 (and the stroke target, :mod:`.stroke_target`) for ``cfg`` on development seeds and
-    the validation split: ``benchmarks/lambda_problem.py --calibrate`` with every keyed setting that differs from
+    the validation split: ``tools/lambda_problem.py --calibrate`` with every keyed setting that differs from
     the quick preset."""
     from ray_bilevel.tasks.reward_lambda.settings import PRESETS, RewardLambdaSettings
     from ray_bilevel.tasks.reward_lambda.user_scores import spec_name
@@ -197,7 +197,7 @@ def calibration_command(cfg: Any) -> str:
         if value != getattr(base, key):
             shown = spec_name(value) if callable(value) else value
             sets.append("--set " + shlex.quote(f"{key}={shown}"))
-    return " ".join(["python benchmarks/lambda_problem.py --preset quick --calibrate --seeds 100-104",
+    return " ".join(["python tools/lambda_problem.py --preset quick --calibrate --seeds 100-104",
                      f"--beta0 {PROBE_BETA0} --repeats 1 --lams 0.4642-100 --pool 2048", *sets])
 
 
@@ -273,7 +273,7 @@ def write_calibration(path: str | Path, entry: Mapping[str, Any]) -> None:
     record = json.loads(path.read_text()) if path.is_file() else {}
     record["about"] = ("Guidance strength beta = beta0 / lambda calibrated so that Algorithm 5 draws the tilted "
                        "distribution p*_lambda of the closed-form hypergradient; docs/reward_lambda.md. Written by "
-                       "benchmarks/lambda_problem.py --calibrate on development seeds and the validation noise only "
+                       "tools/lambda_problem.py --calibrate on development seeds and the validation noise only "
                        "(provenance.fitted_on).")
     keep = [e for e in record.get("entries", [])
             if entry_prompt(e) != entry_prompt(entry)

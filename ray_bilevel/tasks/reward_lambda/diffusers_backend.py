@@ -25,7 +25,8 @@ import torch
 
 from ray_bilevel.config import ConfigError
 from ray_bilevel.guidance import EpsilonModel
-from ray_bilevel.tasks.reward_lambda.backends import SDBackend, _Backend, _clip_r1, make_r2, resolve_device
+from ray_bilevel.tasks.reward_lambda.backend_base import _Backend, _clip_r1, make_r2, resolve_device
+from ray_bilevel.tasks.reward_lambda.sd_backend import SDBackend
 from ray_bilevel.tasks.reward_lambda.user_scores import is_user_spec
 
 __all__ = ["pipeline_kind", "load_pixel_pipeline", "prompt_class", "PixelPipelineBackend", "make_diffusers_backend"]

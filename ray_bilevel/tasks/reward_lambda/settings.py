@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from ray_bilevel.config import ConfigError
 from ray_bilevel.estimators.entropy_lambda import METHODS
-from ray_bilevel.space import Budget, Param, SearchSpace
+from ray_bilevel.space import Param, SearchSpace
 from ray_bilevel.tasks.reward_lambda.user_scores import BUILTIN_REWARDS, BUILTIN_UPPER, check_spec
 
 __all__ = ["RewardLambdaSettings", "WeightedSumSettings", "PRESETS", "WEIGHTED_SUM_PRESETS", "check_settings",
-           "lambda_space", "weight_space", "BASELINES", "BUDGETS"]
+           "lambda_space", "weight_space"]
 
 
 @dataclass
@@ -198,14 +198,3 @@ def weight_space(name: str = "w") -> SearchSpace:
         random_state=42,
         note="weighted-sum weight w",
     )
-
-
-#: The paper's comparison (docs/algorithms.md §5): grid, random, Bayesian, weighted sum, plus TPE, the default and
-#: the dense oracle sweep (the reference of every method's regret).
-BASELINES = ("default", "bilevel", "grid", "random", "bayes", "tpe", "weighted_sum", "dense")
-
-#: A fixed-λ trial is a few guided rounds (~20 s on 2 cores): four trials per searcher, two rounds on two cores.
-BUDGETS: dict[str, Budget] = {
-    "quick": Budget(trials=4, iterations=3,
-                    methods=("default", "bilevel", "grid", "random", "bayes", "weighted_sum", "dense")),
-}

@@ -7,7 +7,7 @@ has less ink than an 8), so the target is derived from the pre-trained model's s
 
     ink_target = round(q_0.95(ink(u_i))),   u_i ~ p_data(· | prompt)                   (whole percent of the canvas)
 
-the 95th percentile of their ink (:func:`derive_ink_target`). ``benchmarks/lambda_problem.py --calibrate`` (or
+the 95th percentile of their ink (:func:`derive_ink_target`). ``tools/lambda_problem.py --calibrate`` (or
 ``--stroke-target`` alone) computes it from the calibration pool of pre-trained samples of development seeds (>= 100;
 never the test noise) and records it under ``stroke_targets`` in the model's calibration file, keyed by prompt;
 a task with ``ink_target=None`` (the default) reads it (:func:`resolve_ink_target`) or stops with the command that

@@ -20,6 +20,9 @@ the target stroke weight; ``upper="alignment"``: the prompt alignment alone, as 
   reference set, with ``guided_images = 0``. ``final=True`` first completes the guided generation at the current
   λ, then adds ``fid`` (Inception, guided vs pre-trained samples: the paper's measure, docs/algorithms.md §4).
 
+The guided generation of Algorithm 5 (``lower_step``, the evaluation noise of each split) is
+:class:`~ray_bilevel.tasks.reward_lambda.generation.GuidedGeneration`, the task's base class.
+
 Units: with the offline model ``alignment`` (the mean of r1, the upper objective) is 100 · p_classifier(prompt
 digit | x) (percent, the CLIP-score scale), times the ink window ``exp(−½((ink − ink_target)/ink_scale)²)`` with
 ``upper="stroke_target"`` (then ``prompt_alignment`` reports the class alignment alone); ``reward`` is ink in percent
@@ -35,11 +38,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import zlib
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -51,30 +53,26 @@ from ray_bilevel.estimators.entropy_lambda import (
     project_lambda,
     propose_lambda,
 )
-from ray_bilevel.guidance import Linearisation, linearise
-from ray_bilevel.space import Budget, SearchSpace, TaskMethod
-from ray_bilevel.tasks.base import Task
+from ray_bilevel.metrics.alignment import prompt_to_class
+from ray_bilevel.metrics.features import digit_extractor, inception_extractor
+from ray_bilevel.metrics.fid import FIDEvaluator
+from ray_bilevel.space import SearchSpace
 from ray_bilevel.tasks.reward_lambda.backends import make_backend
+from ray_bilevel.tasks.reward_lambda.benchmark import SPEC
 from ray_bilevel.tasks.reward_lambda.calibration import resolve_beta0
+from ray_bilevel.tasks.reward_lambda.generation import GuidedGeneration, stable_seed
 from ray_bilevel.tasks.reward_lambda.settings import (
-    BASELINES,
-    BUDGETS,
     PRESETS,
     RewardLambdaSettings,
     check_settings,
     lambda_space,
-    weight_space,
 )
 from ray_bilevel.tasks.reward_lambda.stroke_target import resolve_ink_target
 
 __all__ = ["RewardLambdaTask"]
 
 
-def _seed(*parts: Any) -> int:
-    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
-
-
-class RewardLambdaTask(Task):
+class RewardLambdaTask(GuidedGeneration):
     """Algorithm 2 (λ from pre-trained samples) + Algorithm 5 (guided generation at λ) as a Task."""
 
     name = "reward_lambda"
@@ -84,20 +82,11 @@ class RewardLambdaTask(Task):
     settings_cls: type = RewardLambdaSettings
     presets: Mapping[str, Mapping[str, Any]] = PRESETS
     metric_modes = {"alignment": "max", "reward": "max", "fid": "min", "fid_domain": "min", "fid_domain_real": "min"}
-    baselines: ClassVar[tuple[str, ...]] = BASELINES
+    benchmark = SPEC
 
     @classmethod
     def search_space(cls) -> SearchSpace:
         return lambda_space()
-
-    @classmethod
-    def task_methods(cls) -> Mapping[str, TaskMethod]:
-        """The weighted sum of docs/algorithms.md §5: guidance on ``r2 + w · r1``, a grid over ``w``."""
-        return {"weighted_sum": TaskMethod(task="weighted_sum", space=weight_space(), searcher="grid")}
-
-    @classmethod
-    def budget(cls, preset: str) -> Budget:
-        return BUDGETS.get(preset) or super().budget(preset)
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__(config)
@@ -109,8 +98,6 @@ class RewardLambdaTask(Task):
 
             pipeline_kind(cfg.model_path)
         elif cfg.model == "digits":
-            from ray_bilevel.metrics.alignment import prompt_to_class
-
             prompt_to_class(cfg.prompt)
         # the stroke target of this model and prompt (stroke_target.py), before the backend builds r1 with it
         try:
@@ -146,11 +133,6 @@ class RewardLambdaTask(Task):
                 self.lam = lam
                 self._reset_generation()
 
-    @property
-    def beta(self) -> float:
-        """Guidance strength of the lower level, β = β0/λ (docs/algorithms.md §2.3, (11a)); β0 calibrated by default."""
-        return self.beta0 / self.lam
-
     # -- budgets -------------------------------------------------------------------------------
     @property
     def lower_budget(self) -> int:
@@ -164,7 +146,7 @@ class RewardLambdaTask(Task):
     def _pool(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.pool == "fixed" and self._fixed_pool is not None:
             return self._fixed_pool
-        seed = _seed(self.cfg.seed, "pool", 0 if self.cfg.pool == "fixed" else k)
+        seed = stable_seed(self.cfg.seed, "pool", 0 if self.cfg.pool == "fixed" else k)
 
         def draw() -> tuple[torch.Tensor, torch.Tensor]:
             x = self.backend.sample(self.backend.noise(self.cfg.pool_size, seed), self.cfg.sample_batch)
@@ -221,68 +203,9 @@ class RewardLambdaTask(Task):
         self.trajectory.append({"outer_step": float(self.outer_done), "lam": self.lam, **row})
         return row
 
-    # -- Algorithm 5, one round per lower step -----------------------------------------------
-    @staticmethod
-    def _new_generation() -> dict[str, Any]:
-        return {"repeat": 0, "round": 0, "lin": None, "done": [], "current": None}
-
-    def _reset_generation(self) -> None:
-        """A new guided generation (λ or the guidance changed); drops the cached test generation too."""
-        self.gen: dict[str, Any] = self._new_generation()
-        self._test: torch.Tensor | None = None  # the test-noise generation at the current λ (evaluate_test)
-
-    def _noise_seed(self, split: str, *parts: Any) -> int:
-        """Seeds of the evaluation noise: fixed per (task seed, split), so every trial of a seed shares them and
-        validation and test never do (docs/algorithms.md §4)."""
-        return _seed(self.cfg.eval_seed, self.cfg.seed, split, *parts)
-
-    def _guidance_reward(self, x: torch.Tensor) -> torch.Tensor:
-        """The reward Algorithm 5 guides on: r2 (lower level (11a))."""
-        return self.backend.r2(x)
-
     def _tilt(self, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
         """The exponent's reward of the closed-form target p ∝ p_data e^{tilt/λ} (docs/algorithms.md §2.1): r2."""
         return r2
-
-    def _y_star(self) -> float:
-        """The fixed guidance target y* of the reward Algorithm 5 guides on (``target="fixed"``): ``cfg.y_star``."""
-        return float(self.cfg.y_star)
-
-    def _generation_complete(self) -> bool:
-        return self.gen["repeat"] >= self.cfg.repeats
-
-    def _advance(self, g: dict[str, Any], split: str) -> dict[str, float]:
-        """One round of Algorithm 5 (docs/algorithms.md §2.3) for batch ``g["repeat"]`` at the strength β0/λ."""
-        c = self.cfg
-        z_T = self.backend.noise(c.guide_batch, self._noise_seed(split, "guide", g["repeat"]))
-        lin = None if g["round"] == 0 else Linearisation(**g["lin"])
-        x = self.backend.guided_round(z_T, lin, self.beta)
-        if g["round"] < c.rounds - 1:
-            new, r = linearise(self._guidance_reward, x, c.target, self._y_star(), c.delta)
-            g["lin"] = {"g": new.g, "b": new.b, "y": new.y}
-            g["round"] += 1
-            g["current"] = x
-        else:
-            with torch.no_grad():
-                r = self._guidance_reward(x)
-            g["done"].append(x)
-            g["repeat"] += 1
-            g["round"], g["lin"], g["current"] = 0, None, None
-        return {"round_reward": float(r.mean()), "beta": self.beta}
-
-    def lower_step(self) -> dict[str, float]:
-        """One round of the guided generation at the current λ, on the validation noise (the method's answer)."""
-        if self._generation_complete():
-            self._reset_generation()
-        return self._advance(self.gen, "val")
-
-    @staticmethod
-    def _images(g: dict[str, Any]) -> torch.Tensor | None:
-        parts = list(g["done"]) + ([g["current"]] if g["current"] is not None else [])
-        return torch.cat(parts) if parts else None
-
-    def _guided_images(self) -> torch.Tensor | None:
-        return self._images(self.gen)
 
     # -- evaluation --------------------------------------------------------------------------
     def _reference(self, split: str = "val") -> dict[str, torch.Tensor]:
@@ -295,9 +218,6 @@ class RewardLambdaTask(Task):
 
     def _evaluator(self, kind: str, split: str) -> Any:
         if (kind, split) not in self._evaluators:
-            from ray_bilevel.metrics.features import digit_extractor, inception_extractor
-            from ray_bilevel.metrics.fid import FIDEvaluator
-
             c, ref = self.cfg, self._reference(split)["images"]
             ev: Any
             if kind == "domain":

@@ -32,6 +32,7 @@ import torch
 
 from ray_bilevel.config import ConfigError
 from ray_bilevel.space import SearchSpace
+from ray_bilevel.tasks.reward_lambda.benchmark import WEIGHTED_SUM_SPEC
 from ray_bilevel.tasks.reward_lambda.settings import WEIGHTED_SUM_PRESETS, WeightedSumSettings, weight_space
 from ray_bilevel.tasks.reward_lambda.task import RewardLambdaTask
 
@@ -45,15 +46,11 @@ class WeightedSumTask(RewardLambdaTask):
     name = "weighted_sum"
     settings_cls = WeightedSumSettings
     presets = WEIGHTED_SUM_PRESETS
-    baselines = ("default", "grid", "random", "bayes", "tpe")
+    benchmark = WEIGHTED_SUM_SPEC
 
     @classmethod
     def search_space(cls) -> SearchSpace:
         return weight_space()
-
-    @classmethod
-    def task_methods(cls) -> Mapping[str, Any]:
-        return {}
 
     cfg: WeightedSumSettings  # resolved from settings_cls
 

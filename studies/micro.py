@@ -1,10 +1,12 @@
-"""Micro-benchmarks of the hot loops, old (reference copies below) vs new (the package), side by side.
+"""Micro-benchmarks of the hot loops, old (a git revision) vs new (the package as checked out), side by side.
 
 Every comparison runs in ONE process, alternating old/new (ABBA order) for ``--reps`` repetitions after a
 warm-up, and reports the median times, their ratio new/old and whether the values are equal (bitwise, or
-the max abs / rel difference). The ``_old_*`` functions are verbatim copies of the package's hot paths as they
-were before this optimisation pass (argument validation trimmed), so the comparison stays valid after the
-package changed.
+the max abs / rel difference). The old side is read from git, not kept as a second copy in the tree: the
+``_old_*`` functions are those of ``benchmarks/_micro_reference.py`` at commit :data:`REFERENCE_REV` (``git show
+REFERENCE_REV:benchmarks/_micro_reference.py``, executed as the module ``_micro_reference``), verbatim copies of
+the package's hot paths as they were before this optimisation pass (argument validation trimmed), so the
+comparison stays valid after the package changed. It needs a git checkout of this repository.
 
 Loops (the noise-schedule task's shapes, one torch thread: what a Ray worker with ``num_cpus=1`` gets,
 since Ray sets ``OMP_NUM_THREADS=1`` there; measured: ``torch.get_num_threads() == 1`` in a Ray task/actor):
@@ -21,9 +23,9 @@ since Ray sets ``OMP_NUM_THREADS=1`` there; measured: ``torch.get_num_threads() 
 Candidate changes that were measured and rejected are reported as extra rows (``candidate`` column).
 ``torch.compile`` rows need ``--compile`` (minutes of compile time)::
 
-    nice -n 5 python benchmarks/micro.py                                # all loops (about 6 minutes)
-    nice -n 5 python benchmarks/micro.py --loops ddim500 --merge        # re-measure one loop into the same JSON
-    nice -n 5 python benchmarks/micro.py --loops train,ddim96 --compile --compile-only --merge  # compile rows only
+    nice -n 5 python studies/micro.py                                # all loops (about 6 minutes)
+    nice -n 5 python studies/micro.py --loops ddim500 --merge        # re-measure one loop into the same JSON
+    nice -n 5 python studies/micro.py --loops train,ddim96 --compile --compile-only --merge  # compile rows only
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -52,13 +55,33 @@ from torch import Tensor, nn  # noqa: E402
 LOOPS = ("train", "ddim96", "ddim500", "digit", "inception", "fid")
 
 
-from _micro_reference import (  # noqa: E402  (benchmarks/ is on sys.path when this runs as a script)
-    _old_ddim_sample,
-    _old_digit_call,
-    _old_fid_call,
-    _old_inception_call,
-    _old_score_matching_loss,
-)
+#: The commit whose ``benchmarks/_micro_reference.py`` holds the old side (the last one that has the file).
+REFERENCE_REV = "651345ae17c2397cfdcce404c19b371dfba73376"
+REFERENCE_PATH = "benchmarks/_micro_reference.py"
+
+
+def _load_reference() -> types.ModuleType:
+    """``REFERENCE_PATH`` at ``REFERENCE_REV``, read with ``git show`` and executed as ``_micro_reference``."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        source = subprocess.run(["git", "show", f"{REFERENCE_REV}:{REFERENCE_PATH}"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"studies/micro.py needs the old code from git ({REFERENCE_REV}:{REFERENCE_PATH}) in a "
+                         f"checkout of this repository: {exc}") from exc
+    module = types.ModuleType("_micro_reference")
+    module.__file__ = f"{REFERENCE_REV}:{REFERENCE_PATH}"
+    sys.modules[module.__name__] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+_reference = _load_reference()
+_old_ddim_sample = _reference._old_ddim_sample
+_old_digit_call = _reference._old_digit_call
+_old_fid_call = _reference._old_fid_call
+_old_inception_call = _reference._old_inception_call
+_old_score_matching_loss = _reference._old_score_matching_loss
 
 # ==========================================================================================
 # Harness

@@ -1,6 +1,6 @@
 """Loader for the shipped class-conditional MNIST U-Net (Application 1's offline pretrained model).
 
-The weights in ``cond_unet_mnist16/`` are rebuilt by ``python -m ray_bilevel.assets.train_cond_unet``
+The weights in ``ray_bilevel/assets/cond_unet_mnist16/`` are rebuilt by ``python tools/train_cond_unet.py``
 (seed, data split, steps and the quality check are in ``cond_unet_mnist16/training.json``). The model
 is a ``diffusers.UNet2DModel`` (16×16, 1 channel, ε-prediction, classes 0-9 plus the null class 10 for
 classifier-free guidance) with a DDIM scheduler on the cosine schedule; both load with
@@ -15,11 +15,12 @@ from typing import Any
 import torch
 
 from ray_bilevel.guidance import EpsilonModel, guided_sample
+from ray_bilevel.paths import ASSETS_DIR
 
 __all__ = ["COND_UNET_DIR", "NULL_CLASS", "load_cond_unet", "class_eps_model", "sample_class_conditional",
            "training_record"]
 
-COND_UNET_DIR = Path(__file__).resolve().parent / "cond_unet_mnist16"
+COND_UNET_DIR = ASSETS_DIR / "cond_unet_mnist16"
 NULL_CLASS = 10
 
 
@@ -32,7 +33,7 @@ def load_cond_unet(model_dir: str | Path | None = None) -> tuple[Any, Any]:
     path = Path(model_dir) if model_dir is not None else COND_UNET_DIR
     if not (path / "config.json").exists():
         raise FileNotFoundError(
-            f"no pretrained U-Net in {path}; rebuild it with `python -m ray_bilevel.assets.train_cond_unet --out "
+            f"no pretrained U-Net in {path}; rebuild it with `python tools/train_cond_unet.py --out "
             f"{path}`."
         )
     unet = UNet2DModel.from_pretrained(path, torch_dtype=torch.float32, low_cpu_mem_usage=False)

@@ -7,7 +7,7 @@ score and the reward of Application 1 (docs/algorithms.md §2.5).
 Input: images in [-1, 1], shape (N, 1, H, W) of any size (3-channel input is turned grey with
 ITU-R 601 luma). Inside, images are resized to 28×28 with bilinear interpolation (antialiased
 when shrinking), so 16×16 samples of the noise-schedule task are scored directly; the training
-augmentation (``train_digit_classifier.py``) down-samples to 12–20 px and back for exactly
+augmentation (``tools/train_digit_classifier.py``) down-samples to 12–20 px and back for exactly
 this reason.
 
 Architecture: three 3×3 conv blocks (32, 64, 64 channels, ReLU, 2×2 max-pool) → 576 →
@@ -16,22 +16,23 @@ float32).
 
 The weights live in ``ray_bilevel/assets/digit_classifier.safetensors`` with their training
 record in ``digit_classifier.json``; rebuild them with
-``python -m ray_bilevel.assets.train_digit_classifier``.
+``python tools/train_digit_classifier.py``.
 """
 from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ray_bilevel.paths import ASSETS_DIR
+
 __all__ = ["DigitClassifier", "load_digit_classifier", "WEIGHTS_PATH", "RECORD_PATH", "FEATURE_DIM"]
 
-WEIGHTS_PATH = Path(__file__).resolve().parent / "digit_classifier.safetensors"
-RECORD_PATH = Path(__file__).resolve().parent / "digit_classifier.json"
+WEIGHTS_PATH = ASSETS_DIR / "digit_classifier.safetensors"
+RECORD_PATH = ASSETS_DIR / "digit_classifier.json"
 FEATURE_DIM = 64
 INPUT_SIZE = 28
 
@@ -87,7 +88,7 @@ def _load_cached(device: str) -> DigitClassifier:
     if not WEIGHTS_PATH.is_file():
         raise FileNotFoundError(
             f"shipped digit classifier weights missing at {WEIGHTS_PATH}; rebuild them with "
-            "`python -m ray_bilevel.assets.train_digit_classifier`."
+            "`python tools/train_digit_classifier.py`."
         )
     model = DigitClassifier()
     model.load_state_dict(load_file(str(WEIGHTS_PATH), device="cpu"))

@@ -1,6 +1,6 @@
-"""Rebuild the shipped digit classifier: ``python -m ray_bilevel.assets.train_digit_classifier``.
+"""Rebuild the shipped digit classifier: ``python tools/train_digit_classifier.py``.
 
-Trains :class:`~ray_bilevel.assets.digit_classifier.DigitClassifier` on the mnist5k TRAIN split
+Trains :class:`~ray_bilevel.models.digit_classifier.DigitClassifier` on the mnist5k TRAIN split
 only (``split_seed=0``, ``heldout_fraction=0.2``: 4,000 images), so the held-out 1,000 images
 stay unseen by the feature network that scores them. Augmentation (all from one seeded
 ``torch.Generator``):
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ray_bilevel.assets.digit_classifier import RECORD_PATH, WEIGHTS_PATH, DigitClassifier
 from ray_bilevel.data import load_images
+from ray_bilevel.models.digit_classifier import RECORD_PATH, WEIGHTS_PATH, DigitClassifier
 
 __all__ = ["augment", "train", "accuracy", "main"]
 

@@ -1,4 +1,4 @@
-"""The reporting evaluation of every method: test-split metrics of the validation-chosen answers, the anytime
+"""Reporting on test: the evaluation of every method: test-split metrics of the validation-chosen answers, the anytime
 curves, the oracle sweep and every method's regret.
 
 Nothing here tunes: every choice was made before, on validation values, by the methods themselves. The work
@@ -16,33 +16,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import ray
+
+from ray_bilevel.benchmark.common import finite
 from ray_bilevel.benchmark.store import CORRUPT_FILE, atomic_write_json, read_json
+from ray_bilevel.benchmark.summary import ROW_METRICS, MethodRun
+from ray_bilevel.benchmark.trainables import final_evaluation
 from ray_bilevel.config import ConfigError
 
-__all__ = ["evaluate_runs", "add_regret", "ROW_METRICS", "CACHE_DIR", "evaluation_key"]
+__all__ = ["evaluate_runs", "add_regret", "CACHE_DIR", "evaluation_key"]
 
 #: The folder (inside the results folder) of the cached reporting evaluations.
 CACHE_DIR = "reporting_cache"
 
-#: Metric columns of every row (null where a task does not report them), each with its ``_val`` twin.
-ROW_METRICS = ("fid", "fid_domain", "is", "alignment", "reward")
 
-
-def _finite(value: Any) -> float | None:
-    """``float(value)`` if it is a finite number, else ``None``."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _jobs(run: Any) -> list[tuple[dict[str, Any], bool]]:
+def _jobs(run: MethodRun) -> list[tuple[dict[str, Any], bool]]:
     """(trial, full) pairs to evaluate: the answer in full, the earlier incumbents (anytime curve) and, for the
     oracle, every sweep point, on the selection metric only."""
     if not run.incumbents:
@@ -115,17 +107,14 @@ def _cache_write(cache: str, key: str | None, result: Mapping[str, Any]) -> None
     atomic_write_json(os.path.join(cache, f"{key}.json"), entry, default=_jsonable)
 
 
-def evaluate_runs(runs: Sequence[Any], out: str, resources: Mapping[str, Any], remote_options: Any,
-                  log: Any = print, reuse: bool = False) -> tuple[float, int]:
+def evaluate_runs(runs: Sequence[MethodRun], out: str, resources: Mapping[str, Any],
+                  remote_options: Callable[[Mapping[str, Any]], dict[str, Any]],
+                  log: Callable[[str], None] = print, reuse: bool = False) -> tuple[float, int]:
     """Fill every run's row with test metrics, ``curve`` and (oracle) ``sweep``; returns the CPU-seconds spent and
     the number of evaluations read back from the cache (``reuse``: ``--resume``)."""
-    import ray
-
-    from ray_bilevel.benchmark.trainables import final_evaluation
-
     remote = ray.remote(**remote_options(resources))(final_evaluation)
     cache = os.path.join(out, CACHE_DIR)
-    pending: list[tuple[Any, Any, dict[str, Any], bool, str | None]] = []
+    pending: list[tuple[Any, MethodRun, dict[str, Any], bool, str | None]] = []
     reused = 0
     for run in runs:
         for trial, full in _jobs(run):
@@ -138,8 +127,8 @@ def evaluate_runs(runs: Sequence[Any], out: str, resources: Mapping[str, Any], r
             ref = remote.remote(run.spec.bilevel, trial["config"], trial["checkpoint"], full=full, export=full)
             pending.append((ref, run, trial, full, key))
     if pending:
-        log(f"reporting: test-split evaluation of {len(pending)} chosen checkpoint(s) (excluded from every method's cost)"
-            + (f"; {reused} read back from {cache} (--resume)" if reused else ""))
+        log(f"reporting: test-split evaluation of {len(pending)} chosen checkpoint(s) (excluded from every method's "
+            "cost)" + (f"; {reused} read back from {cache} (--resume)" if reused else ""))
     cpu = 0.0
     for i, (ref, run, trial, full, key) in enumerate(pending, 1):
         what = f"{run.row['task']} / {run.row['method']} / seed {run.row.get('seed')}"
@@ -157,7 +146,7 @@ def evaluate_runs(runs: Sequence[Any], out: str, resources: Mapping[str, Any], r
                 log(f"{what}: could not cache the reporting evaluation: {exc}")
             log(f"reporting: {i} of {len(pending)} done ({what}, {'answer' if full else 'curve point'}, "
                 f"{result['cpu_s']:.0f} CPU-s)")
-        metrics = {k: _finite(v) for k, v in result["metrics"].items()}
+        metrics = {k: finite(v) for k, v in result["metrics"].items()}
         trial["test"] = metrics.get(run.row["metric"])
         if full:
             _fill_answer(run, metrics, result, out)
@@ -166,7 +155,7 @@ def evaluate_runs(runs: Sequence[Any], out: str, resources: Mapping[str, Any], r
     return cpu, reused
 
 
-def _fill_answer(run: Any, metrics: dict[str, float | None], result: Mapping[str, Any], out: str) -> None:
+def _fill_answer(run: MethodRun, metrics: dict[str, float | None], result: Mapping[str, Any], out: str) -> None:
     row, metric = run.row, run.row["metric"]
     for m in ROW_METRICS:
         row[m], row[f"{m}_val"] = metrics.get(m), metrics.get(f"{m}_val")
@@ -184,7 +173,7 @@ def _fill_answer(run: Any, metrics: dict[str, float | None], result: Mapping[str
     run.artifacts = folder
 
 
-def _curves(run: Any) -> None:
+def _curves(run: MethodRun) -> None:
     """The anytime curve: after each finished trial, the current incumbent's test and validation values."""
     incumbent, curve = None, []
     ids = {id(t) for t in run.incumbents}
@@ -192,8 +181,9 @@ def _curves(run: Any) -> None:
         if id(t) in ids:
             incumbent = t
         if incumbent is not None:
-            curve.append({"cost_flops": t["cum_cost_flops"], "cpu_s": round(t["cum_cpu_s"], 2), "wall_s": round(t["end_s"], 2),
-                          "metric_value": incumbent.get("test"), "metric_value_val": incumbent["val"]})
+            curve.append({"cost_flops": t["cum_cost_flops"], "cpu_s": round(t["cum_cpu_s"], 2),
+                          "wall_s": round(t["end_s"], 2), "metric_value": incumbent.get("test"),
+                          "metric_value_val": incumbent["val"]})
     run.row["curve"] = curve
     if run.spec.method == "dense":
         run.row["sweep"] = [{"config": t["hyper"], "metric_value": t.get("test"), "metric_value_val": t["val"]}
@@ -205,7 +195,7 @@ def add_regret(rows: Sequence[dict[str, Any]]) -> None:
     ≥ 0 is worse (min: value − reference; max: reference − value); negative: the method beat the sweep.
 
     The oracle (``dense``) is a method like the others (docs/algorithms.md, "Cost and regret in the benchmark"): its
-    answer is the sweep point best on *validation* (its last incumbent, ``runner._summarise``), and its row's
+    answer is the sweep point best on *validation* (its last incumbent, ``summary.summarise``), and its row's
     ``metric_value`` is that answer's test value, the reference here; its own regret is 0. The sweep's best
     *test* value (a winner's-curse maximum over noisy values that no method could have chosen) is no reference; it
     stays descriptive, in the oracle table and plot (◆). Rows without an oracle answer keep ``regret = None``."""

@@ -1,34 +1,19 @@
-"""Outputs of the benchmark: ``results.json`` / ``results.csv`` (one row per task, method and seed),
-``summary.json`` (means with 95 % t intervals over seeds, paired differences), ``trials.csv`` (every trial),
-``curves.json``, ``run_info.json``, ``table.md`` and the plots.
+"""The markdown tables of the benchmark (``table.md``, BENCHMARKS.md) from its result rows (one per task, method
+and seed; the files are :mod:`ray_bilevel.benchmark.outputs`').
 
 :func:`markdown_report` is the multi-seed report (mean ± CI per method, paired bilevel − baseline differences with
 a verdict, the dense oracle sweep); :func:`markdown_table` the older one-seed table, kept for single rows."""
 from __future__ import annotations
 
-import csv
-import dataclasses
-import datetime
 import json
 import math
-import os
-import platform
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ray_bilevel.benchmark.store import atomic_write_json
-from ray_bilevel.tasks.base import GENERIC_METHODS
+from ray_bilevel.benchmark.stats import paired_differences, summarise, sweep_summary, task_mode
+from ray_bilevel.benchspec import GENERIC_METHODS
 
-__all__ = ["COLUMNS", "write_outputs", "write_summary", "markdown_report", "markdown_table", "format_number",
-           "difference_cell", "git_commit"]
-
-#: Columns of results.csv, in order (results.json objects carry the same keys and more: ``curve``, ``sweep``,
-#: ``settings``... go only to JSON). Test metrics, then their validation twins (``_val``).
-COLUMNS = ("task", "method", "seed", "preset", "metric", "mode", "metric_value", "metric_value_val", "regret",
-           "fid", "fid_domain", "is", "alignment", "reward",
-           "fid_val", "fid_domain_val", "is_val", "alignment_val", "reward_val",
-           "cost_flops", "wall_time_s", "cpu_s", "final_eval_s", "trials", "lower_steps", "errors", "best_config")
+__all__ = ["markdown_report", "markdown_table", "format_number", "difference_cell", "REFERENCE", "ORACLE"]
 
 
 def _compared(method: str) -> bool:
@@ -72,9 +57,10 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in (sub[0].get("settings") or {}).items())
         searchers = [r["trials"] for r in sub if r["method"] not in ("default", "bilevel")]
         out.append(f"### {task}\n")
-        out.append(f"preset {sub[0].get('preset')}, seed {sub[0].get('seed')}; settings for every trial: {settings or '–'}; "
-                   f"{max(searchers) if searchers else 0} trials per searcher; selection metric {metric} "
-                   "(in-loop); FID / IS / alignment / reward from one final evaluation of each method's best checkpoint.\n")
+        out.append(f"preset {sub[0].get('preset')}, seed {sub[0].get('seed')}; settings for every trial: "
+                   f"{settings or '–'}; {max(searchers) if searchers else 0} trials per searcher; selection metric "
+                   f"{metric} (in-loop); FID / IS / alignment / reward from one final evaluation of each method's best "
+                   "checkpoint.\n")
         out.append("| method | best hyperparameters | " + " | ".join(extra + list(_METRIC_HEADERS.values()))
                    + (" | GFLOP | wall time (s) | × default cost |" if cost_key == "cost_flops" else
                       " | wall time (s) | × default time |") + " trials |")
@@ -157,7 +143,8 @@ def _best_config_cell(rows: Sequence[dict[str, Any]]) -> str:
     configs = {json.dumps(r.get("best_config"), sort_keys=True, default=str): r for r in rows}
     if len(configs) <= 1:
         return _config_text(rows[0].get("best_config")) if rows else "–"
-    first = min(rows, key=lambda r: (not isinstance(r.get("seed"), int), r.get("seed") if isinstance(r.get("seed"), int) else 0))
+    first = min(rows, key=lambda r: (not isinstance(r.get("seed"), int),
+                                     r.get("seed") if isinstance(r.get("seed"), int) else 0))
     return f"varies (seed {first.get('seed')}: {_config_text(first.get('best_config'))})"
 
 
@@ -177,8 +164,6 @@ def _best_index(configs: Sequence[dict[str, Any]], split: str, mode: str | None)
 
 
 def _oracle_table(rows: Sequence[dict[str, Any]], metric: str, mode: str | None) -> list[str]:
-    from ray_bilevel.benchmark.stats import sweep_summary
-
     configs = sweep_summary(rows)
     if not configs:
         return []
@@ -210,15 +195,13 @@ def markdown_report(rows: Sequence[dict[str, Any]], reference: str = REFERENCE) 
     the validation-selected answer, its validation value, regret, cost); (b) the paired differences
     ``reference − baseline`` by seed with their interval and verdict; (c) the dense oracle sweep.
     Everything is computed from ``rows`` (:mod:`ray_bilevel.benchmark.stats`)."""
-    from ray_bilevel.benchmark.stats import _task_mode, paired_differences, summarise
-
     summary = {(s["task"], s["method"], s["metric"]): s for s in summarise(rows)}
     paired = {(p["task"], p["method"], p["metric"]): p for p in paired_differences(rows, reference)}
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         sub = [r for r in rows if r["task"] == task]
         methods = list(dict.fromkeys(r["method"] for r in sub))
-        metric, mode = sub[0].get("metric") or "metric_value", _task_mode(sub)
+        metric, mode = sub[0].get("metric") or "metric_value", task_mode(sub)
         seeds = _seed_sort(list(dict.fromkeys(r.get("seed") for r in sub)))
         others = [m for m in _METRIC_HEADERS if m != metric and _present(sub, m)]
         settings = ", ".join(f"{k}={v}" for k, v in (sub[0].get("settings") or {}).items())
@@ -250,7 +233,8 @@ def markdown_report(rows: Sequence[dict[str, Any]], reference: str = REFERENCE) 
             mrows = [r for r in sub if r["method"] == m]
             n_seeds = len({r.get("seed") for r in mrows})
             trials = sorted({int(r["trials"]) for r in mrows if r.get("trials") is not None})
-            trial_text = ("–" if not trials else str(trials[0]) if len(trials) == 1 else f"{trials[0]}–{trials[-1]}")
+            trial_text = ("–" if not trials else str(trials[0]) if len(trials) == 1
+                          else f"{trials[0]}–{trials[-1]}")
             errors = sum(r.get("errors") or 0 for r in mrows)
             trial_text += f" ({errors} failed)" if errors else ""
             cells = [m, str(n_seeds), _best_config_cell(mrows)]
@@ -260,9 +244,9 @@ def markdown_report(rows: Sequence[dict[str, Any]], reference: str = REFERENCE) 
             pkeys = ["metric_value", "metric_value_val", *others, *cost, "cpu_s", "wall_time_s"]
             phead = [f"{metric} test", f"{metric} val", *(f"{_METRIC_HEADERS[m]} test" for m in others),
                      *(["GFLOP"] * len(cost)), "CPU s", "wall s"]
-            out.append(f"\n**{reference} − baseline**, paired by seed: mean difference [95 % t interval] over the seeds "
-                       "both have; `tie` when the interval contains 0 (or one seed), else the better method given the "
-                       f"metric's direction (`{metric}`: {_mode_text(mode)}).\n")
+            out.append(f"\n**{reference} − baseline**, paired by seed: mean difference [95 % t interval] over the "
+                       "seeds both have; `tie` when the interval contains 0 (or one seed), else the better method "
+                       f"given the metric's direction (`{metric}`: {_mode_text(mode)}).\n")
             out.append("| baseline | paired seeds | " + " | ".join(phead) + " |")
             out.append("|" + "---|" * (len(phead) + 2))
             for m in methods:
@@ -277,111 +261,3 @@ def markdown_report(rows: Sequence[dict[str, Any]], reference: str = REFERENCE) 
             out += oracle
         out.append("")
     return "\n".join(out)
-
-
-def write_summary(rows: Sequence[dict[str, Any]], out: str, reference: str = REFERENCE) -> str:
-    """Write ``out/summary.json``: ``{"summary": summarise(rows), "paired": paired_differences(rows)}``; returns
-    its path."""
-    from ray_bilevel.benchmark.stats import paired_differences, summarise
-
-    path = os.path.join(out, "summary.json")
-    atomic_write_json(path, _clean({"summary": summarise(rows), "paired": paired_differences(rows, reference)}),
-                      indent=1, allow_nan=False)
-    return path
-
-
-def _write_csv(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v)
-                             for k, v in r.items()})
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value.item() if hasattr(value, "item") else value
-
-
-def git_commit(path: str | None = None, exclude: str | None = None) -> dict[str, Any]:
-    """``{"sha", "dirty", "dirty_files"}`` of the checkout holding ``path`` (default: this package): ``git rev-parse
-    HEAD`` and ``git status --porcelain`` (ignored files do not count, nor anything under ``exclude``, e.g. the
-    results folder). ``sha`` is ``None`` outside a git checkout or without git."""
-    import subprocess
-
-    where = path or os.path.dirname(os.path.abspath(__file__))
-    def git(*args: str) -> str | None:
-        try:
-            proc = subprocess.run(["git", "-C", where, *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return proc.stdout if proc.returncode == 0 else None
-
-    sha = (git("rev-parse", "HEAD") or "").strip() or None
-    if sha is None:
-        return {"sha": None, "dirty": None, "dirty_files": []}
-    top = (git("rev-parse", "--show-toplevel") or "").strip()
-    skip = os.path.relpath(os.path.abspath(exclude), top) if exclude and top else None
-    files = []
-    for line in (git("status", "--porcelain") or "").splitlines():
-        name = line[3:].split(" -> ")[-1].strip('"')
-        if skip and not skip.startswith("..") and (name == skip or name.startswith(skip.rstrip("/") + "/")):
-            continue
-        files.append(name)
-    return {"sha": sha, "dirty": bool(files), "dirty_files": files[:50]}
-
-
-def write_outputs(runs: Sequence[Any], cfg: Any, efficiency: dict[str, Any] | None = None,
-                  commit: dict[str, Any] | None = None) -> str:
-    """Write every output file into ``cfg.out`` (results.json with every row key incl. ``curve`` / ``sweep``,
-    results.csv with :data:`COLUMNS`, summary.json, trials.csv, curves.json, run_info.json with the command, the
-    commit and ``efficiency`` (the runner's wall / CPU / utilisation figures), table.md), make the plots, print
-    the table last; returns the table. ``commit``: :func:`git_commit` taken when the run started (the code that
-    ran; the checkout may have moved on since), read now when not given."""
-    out = cfg.out
-    extra = ("preset", "seed", "settings")
-    rows = [_clean({**{c: r.row.get(c) for c in COLUMNS + extra}, **r.row, "final_metrics": r.final_metrics or None})
-            for r in runs]
-    atomic_write_json(os.path.join(out, "results.json"), rows, indent=1, allow_nan=False)
-    _write_csv(os.path.join(out, "results.csv"), rows, COLUMNS)
-    first = ("task", "method", "seed", "config", "iterations", "time_total_s", "error")
-    trials = [{"task": r.row["task"], "method": r.row["method"], "seed": r.row.get("seed"), **t}
-              for r in runs for t in r.trials]
-    _write_csv(os.path.join(out, "trials.csv"), _clean(trials),
-               first + tuple(dict.fromkeys(k for t in trials for k in t if k not in first)))
-    curves: dict[str, dict[str, Any]] = {}  # task -> method -> seed -> the anytime curve
-    for r in runs:
-        curves.setdefault(r.row["task"], {}).setdefault(r.row["method"], {})[str(r.row.get("seed"))] = {
-            "metric": r.row.get("metric") or r.spec.metric, "mode": r.row.get("mode"),
-            "points": r.row.get("curve") or [list(p) for p in r.curve]}
-    atomic_write_json(os.path.join(out, "curves.json"), _clean(curves), indent=1, allow_nan=False)
-    import ray
-
-    commit = commit or git_commit(exclude=out)
-    info = {"argv": sys.argv, "commit": commit["sha"], "dirty": commit["dirty"], "dirty_files": commit["dirty_files"],
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version(), "ray": ray.__version__,
-            **_clean(dict(efficiency or {})),
-            "config": _clean({k: v for k, v in dataclasses.asdict(cfg).items()})}
-    write_summary(rows, out)
-    atomic_write_json(os.path.join(out, "run_info.json"), info, indent=1, default=str)
-    if cfg.plots:
-        from ray_bilevel.benchmark.plots import make_plots, make_summary_plots
-
-        for path in make_plots(runs, out) + make_summary_plots(rows, out):
-            print(f"[compare] wrote {os.path.relpath(path, out)}", flush=True)
-    # one row per (task, method, seed): the multi-seed report; rows without seeds: the one-seed table
-    table = markdown_report(rows) if rows and all(r.get("seed") is not None for r in rows) else markdown_table(rows)
-    with open(os.path.join(out, "table.md"), "w") as fh:
-        fh.write(table)
-    print(f"[compare] results in {out}: results.json, results.csv, summary.json, trials.csv, curves.json, run_info.json, "
-          "table.md, plots/\n", flush=True)
-    print(table, flush=True)
-    return table

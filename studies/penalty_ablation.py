@@ -14,9 +14,9 @@ outer step the bilevel variants record ``hypergrad_upper_norm`` (‖ĝ_q‖), ``
 Results are merged into ``--out`` (JSON, one entry per variant and seed; reruns replace their entry) and the markdown
 table of all entries is written next to it (``.md``)::
 
-    nice -n 10 env OMP_NUM_THREADS=1 RAY_BILEVEL_CACHE=/tmp/rb python benchmarks/penalty_ablation.py \\
+    nice -n 10 env OMP_NUM_THREADS=1 RAY_BILEVEL_CACHE=/tmp/rb python studies/penalty_ablation.py \\
         --variants surrogate none --seeds 0 --out results/penalty_ablation.json
-    python benchmarks/penalty_ablation.py --preset smoke --variants surrogate none default fixed_tau --out /tmp/pa.json
+    python studies/penalty_ablation.py --preset smoke --variants surrogate none default fixed_tau --out /tmp/pa.json
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ features, ``eval_samples`` samples),
 Inception ``fid`` and classifier ``is`` (``final_samples`` samples). ``train_s`` is the method's wall time
 (what the 2x target is about); ``eval_s`` the final evaluation. Output: a JSON file and a markdown table::
 
-    OMP_NUM_THREADS=1 python benchmarks/noise_schedule_bench.py --preset quick --out results/noise_schedule_bench.json
-    python benchmarks/noise_schedule_bench.py --preset smoke --out /tmp/ns_smoke.json      # plumbing, a minute
+    OMP_NUM_THREADS=1 python studies/noise_schedule_bench.py --preset quick --out results/noise_schedule_bench.json
+    python studies/noise_schedule_bench.py --preset smoke --out /tmp/ns_smoke.json      # plumbing, a minute
 """
 from __future__ import annotations
 

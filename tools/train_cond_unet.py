@@ -1,6 +1,6 @@
 """Rebuild the shipped class-conditional MNIST U-Net (the offline "pretrained model" of Application 1).
 
-``python -m ray_bilevel.assets.train_cond_unet`` trains a small class-conditional
+``python tools/train_cond_unet.py`` trains a small class-conditional
 ``diffusers.UNet2DModel`` on the ``mnist5k`` train split at 16×16 with the DDPM ε-prediction loss
 (Ho et al. 2020) under the Nichol & Dhariwal cosine schedule (T = 1000, s = 0.008; the DDIM default
 (0, 1, 1, 0.008) of docs/algorithms.md §3.2), AdamW and an EMA of the weights, with label dropout to a
@@ -9,7 +9,7 @@ null class (index 10) so classifier-free guidance works. It writes
 ``scheduler_config.json``, ``training.json``). ``--check-only`` reruns the quality check (digit
 classifier accuracy of class-conditional samples) on the saved model and updates ``training.json``.
 
-Load the result with :func:`ray_bilevel.assets.cond_unet.load_cond_unet`.
+Load the result with :func:`ray_bilevel.models.cond_unet.load_cond_unet`.
 """
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ray_bilevel.paths import ASSETS_DIR
+
 __all__ = ["build_model", "train", "quality_check", "DEFAULT_DIR", "NULL_CLASS"]
 
-DEFAULT_DIR = Path(__file__).resolve().parent / "cond_unet_mnist16"
+DEFAULT_DIR = ASSETS_DIR / "cond_unet_mnist16"
 #: Class index of the unconditional ("null") embedding used for classifier-free guidance.
 NULL_CLASS = 10
 IMAGE_SIZE = 16
@@ -172,8 +174,8 @@ def train(
 def quality_check(model_dir: Path = DEFAULT_DIR, per_class: int = 100, steps: int = 50,
                   cfg_scales: tuple[float, ...] = (1.0, 2.0), seed: int = 1) -> dict:
     """Digit-classifier accuracy of class-conditional DDIM samples (one entry per CFG scale)."""
-    from ray_bilevel.assets.cond_unet import load_cond_unet, sample_class_conditional
-    from ray_bilevel.assets.digit_classifier import load_digit_classifier
+    from ray_bilevel.models.cond_unet import load_cond_unet, sample_class_conditional
+    from ray_bilevel.models.digit_classifier import load_digit_classifier
 
     unet, sched = load_cond_unet(model_dir)
     clf = load_digit_classifier()

@@ -1,10 +1,10 @@
-"""Rebuild the shipped FID features: ``python -m ray_bilevel.assets.build_fid_features``.
+"""Rebuild the shipped FID features: ``python tools/build_fid_features.py``.
 
 The noise-schedule task scores its final Inception FID against at most ``final_real`` held-out real images of a
 split (docs/algorithms.md §4). Their pool3 features cost about 110 CPU-s per split of 500 images at the quick preset
 (2 CPU cores), once
 per machine. This script computes them for the shipped data (``mnist5k``) at the given presets and both splits, and
-writes them to ``assets/fid_features/`` as float16 safetensors, each keyed by the extractor's weights, its
+writes them to ``ray_bilevel/assets/fid_features/`` as float16 safetensors, each keyed by the extractor's weights, its
 preprocessing and the images' exact bytes (:func:`~ray_bilevel.metrics.fid.features_key`);
 :class:`~ray_bilevel.metrics.fid.FIDEvaluator` loads them before its disk cache, so a first run on a new machine
 computes none of them, and every machine scores against the same statistics.
@@ -28,10 +28,12 @@ from typing import Any
 
 import torch
 
+from ray_bilevel.paths import ASSETS_DIR
+
 __all__ = ["build", "main", "RECORD_PATH"]
 
 #: What was built, when, at which commit, and the measured effect of the float16 rounding.
-RECORD_PATH = Path(__file__).resolve().parent / "fid_features" / "record.json"
+RECORD_PATH = ASSETS_DIR / "fid_features" / "record.json"
 
 
 def _real_images(preset: str, split: str) -> tuple[torch.Tensor, str]:

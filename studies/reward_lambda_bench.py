@@ -8,8 +8,8 @@ choices use the ``_val`` values and ``evaluate_test()`` adds the test values (re
 process, without Ray, so the wall times measure the methods and not the scheduler. Wall time per method is
 the sum over its trials. Output: a JSON file and a markdown table (printed last)::
 
-    python benchmarks/reward_lambda_bench.py --preset quick --out results/reward_lambda_bench.json
-    python benchmarks/reward_lambda_bench.py --preset smoke          # a plumbing check, a minute or two
+    python studies/reward_lambda_bench.py --preset quick --out results/reward_lambda_bench.json
+    python studies/reward_lambda_bench.py --preset smoke          # a plumbing check, a minute or two
 """
 from __future__ import annotations
 

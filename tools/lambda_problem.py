@@ -28,8 +28,8 @@ one split and one or more seeds (the per-sample scores of all seeds pooled):
 
 Writes a JSON file and prints both markdown tables (last)::
 
-    python benchmarks/lambda_problem.py --preset quick --out results/lambda_problem.json   # seed 0, test noise
-    python benchmarks/lambda_problem.py --preset quick --beta0 0.01 --repeats 1 --lams 0.4642-100 --calibrate
+    python tools/lambda_problem.py --preset quick --out results/lambda_problem.json   # seed 0, test noise
+    python tools/lambda_problem.py --preset quick --beta0 0.01 --repeats 1 --lams 0.4642-100 --calibrate
 
 Progress (the pool and every λ) is kept in ``<out>.partial.pt``; a run that is stopped (or ends with
 ``--budget-s``) resumes from it. On a free 2-core CPU the quick run takes about 10 minutes; the quick calibration
@@ -88,7 +88,7 @@ def _select_lams(text: str | None) -> list[float]:
     from ray_bilevel.config import ConfigError
     from ray_bilevel.tasks.reward_lambda import RewardLambdaTask
 
-    lams = [float(p["lam"]) for p in RewardLambdaTask.oracle_points()]
+    lams = [float(p["lam"]) for p in RewardLambdaTask.benchmark.oracle_points(RewardLambdaTask.search_space())]
     if not text:
         return lams
     try:
@@ -114,7 +114,7 @@ def run(config: dict[str, Any], pool_size: int, min_ess: float, partial: Path,
     import torch
 
     from ray_bilevel.tasks.reward_lambda.calibration import derived_beta0, fit_beta0, tilted_means
-    from ray_bilevel.tasks.reward_lambda.task import _seed
+    from ray_bilevel.tasks.reward_lambda.generation import stable_seed as _seed
 
     if split not in ("val", "test"):
         raise SystemExit(f"split must be 'val' or 'test', got {split!r}.")
@@ -291,7 +291,7 @@ NOTE = ("least-squares fit of the guided mean ink (shift from the unguided mean 
 
 def _commit() -> dict[str, Any]:
     """The commit this checkout is at, and whether its work tree had changes (``commit`` None outside git)."""
-    from ray_bilevel.benchmark.report import git_commit
+    from ray_bilevel.benchmark.outputs import git_commit
 
     here = Path(__file__).resolve().parent
     info = git_commit(str(here), exclude=str(here.parent / "results"))
@@ -329,8 +329,8 @@ def stroke_target_record(config: dict[str, Any], seeds: list[int], pool_size: in
 
     from ray_bilevel.metrics.rewards import InkReward
     from ray_bilevel.tasks.reward_lambda.calibration import PROBE_BETA0
+    from ray_bilevel.tasks.reward_lambda.generation import stable_seed as _seed
     from ray_bilevel.tasks.reward_lambda.stroke_target import STROKE_QUANTILE, derive_ink_target
-    from ray_bilevel.tasks.reward_lambda.task import _seed
 
     base = {k: v for k, v in config.items() if k != "seed"}
     # unguided samples only: the upper score and β0 play no part, so neither needs a record yet
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         config["repeats"] = args.repeats
     if args.beta0 is not None:
         config["beta0"] = args.beta0
-    command = "python benchmarks/lambda_problem.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python tools/lambda_problem.py " + " ".join(sys.argv[1:] if argv is None else argv)
     from ray_bilevel.config import resolve
     from ray_bilevel.tasks.reward_lambda.settings import PRESETS, RewardLambdaSettings
 

@@ -12,8 +12,8 @@ Solo and together alternate for ``--rounds`` rounds. Reported: CPU-s per step in
 much more CPU a step costs when the cores are shared), and the throughput gain = steps per second of all
 processes together ÷ steps per second of one alone (N on N independent cores: about N)::
 
-    python benchmarks/core_scaling.py --out docs/benchmarks/core_scaling.json
-    python benchmarks/core_scaling.py --render docs/benchmarks/core_scaling.json   # the markdown table
+    python studies/core_scaling.py --out docs/benchmarks/core_scaling.json
+    python studies/core_scaling.py --render docs/benchmarks/core_scaling.json   # the markdown table
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def measure(procs: int, steps: int, rounds: int, log: Any = print) -> dict[str, 
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    return {"command": "python benchmarks/core_scaling.py " + " ".join(sys.argv[1:]), "commit": commit,
+    return {"command": "python studies/core_scaling.py " + " ".join(sys.argv[1:]), "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}; {platform.platform()}; {os.cpu_count()} CPUs",
             "loop": "score-matching step + AdamW, quick U-Net, batch 64, 1 torch thread",

@@ -1,1 +1,0 @@
-"""Shipped small weights, the scripts that rebuild them, and their loaders."""
