@@ -133,7 +133,7 @@ def section(results_dir: str, title: str | None = None, command: str | None = No
     base = link_base or os.getcwd()
     links = []
     for task in tasks:
-        for kind, what in (("anytime", "anytime: test value of the validation-selected answer vs CPU-seconds"),
+        for kind, what in (("anytime", "anytime: test value of the validation-selected answer vs compute spent"),
                            ("oracle", "oracle: the dense sweep against the swept hyperparameter")):
             path = os.path.join(folder, f"{task}_{kind}.png")
             if os.path.exists(path):

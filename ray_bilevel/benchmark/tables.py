@@ -122,14 +122,13 @@ def _signed(value: float | None, digits: int = 3) -> str:
 def difference_cell(entry: dict[str, Any] | None, digits: int = 2) -> str:
     """``-2.10 [-3.0, -1.2] bilevel better`` / ``+0.4 [-1.0, 1.8] tie``: a paired difference of
     :func:`~ray_bilevel.benchmark.stats.paired_differences` as mean (3 significant digits), 95 % interval (``digits``)
-    and verdict; ``(n=1)`` in place of an interval that one pair cannot give."""
+    and verdict; ``+12.5 (n=1: no interval)`` where one pair gives no interval, and so no verdict."""
     if not entry:
         return "–"
     text = _signed(entry["mean"])
-    if entry.get("ci95_low") is not None:
-        text += f" [{format_number(entry['ci95_low'], digits)}, {format_number(entry['ci95_high'], digits)}]"
-    else:
-        text += f" (n={entry['n']})"
+    if entry.get("ci95_low") is None:
+        return f"{text} (n={entry['n']}: no interval)"
+    text += f" [{format_number(entry['ci95_low'], digits)}, {format_number(entry['ci95_high'], digits)}]"
     better = entry.get("better")
     return f"{text} {'tie' if better == 'tie' else (f'{better} better' if better else entry['verdict'])}"
 
@@ -245,8 +244,9 @@ def markdown_report(rows: Sequence[dict[str, Any]], reference: str = REFERENCE) 
             phead = [f"{metric} test", f"{metric} val", *(f"{_METRIC_HEADERS[m]} test" for m in others),
                      *(["GFLOP"] * len(cost)), "CPU s", "wall s"]
             out.append(f"\n**{reference} − baseline**, paired by seed: mean difference [95 % t interval] over the "
-                       "seeds both have; `tie` when the interval contains 0 (or one seed), else the better method "
-                       f"given the metric's direction (`{metric}`: {_mode_text(mode)}).\n")
+                       "seeds both have; `tie` when the interval contains 0, else the better method given the "
+                       f"metric's direction (`{metric}`: {_mode_text(mode)}); one seed gives no interval and no "
+                       "verdict.\n")
             out.append("| baseline | paired seeds | " + " | ".join(phead) + " |")
             out.append("|" + "---|" * (len(phead) + 2))
             for m in methods:
