@@ -6,6 +6,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ray_bilevel.config import ConfigError
+from ray_bilevel.data import load_images
+from ray_bilevel.metrics.features import digit_extractor, inception_extractor
+from ray_bilevel.metrics.fid import FIDEvaluator
+from ray_bilevel.metrics.inception_score import classifier_inception_score
 
 if TYPE_CHECKING:  # pragma: no cover
     from ray_bilevel.tasks.noise_schedule.settings import NoiseScheduleSettings
@@ -27,8 +31,6 @@ class UpperMetrics:
     """
 
     def __init__(self, cfg: NoiseScheduleSettings, device: torch.device) -> None:
-        from ray_bilevel.data import load_images
-
         self._kw: dict[str, Any] = dict(
             image_size=cfg.image_size,
             heldout_fraction=cfg.heldout_fraction,
@@ -54,8 +56,6 @@ class UpperMetrics:
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}.")
         if split not in self._real:
-            from ray_bilevel.data import load_images
-
             self._real[split] = load_images(self.cfg.dataset, split=split, **self._kw)
         return self._real[split]
 
@@ -63,9 +63,6 @@ class UpperMetrics:
         """The :class:`~ray_bilevel.metrics.fid.FIDEvaluator` of ``fid_domain`` on ``split`` (digit features), built
         on first use and shared (the surrogate of the penalty network reads the validation one's real statistics)."""
         if split not in self._domain:
-            from ray_bilevel.metrics.features import digit_extractor
-            from ray_bilevel.metrics.fid import FIDEvaluator
-
             real = self.real(split)
             self._domain[split] = FIDEvaluator(digit_extractor(device=self.device), real.images, cache_key=real.name,
                                                shrinkage=self.cfg.fid_shrinkage)
@@ -77,10 +74,6 @@ class UpperMetrics:
 
     def final(self, images: torch.Tensor, split: str) -> dict[str, float]:
         """Inception ``fid`` and classifier ``is`` of ``images`` against ``split``, with the protocol recorded."""
-        from ray_bilevel.metrics.features import inception_extractor
-        from ray_bilevel.metrics.fid import FIDEvaluator
-        from ray_bilevel.metrics.inception_score import classifier_inception_score
-
         cfg, real = self.cfg, self.real(split)
         if split not in self._inception:
             ref = real.images[: cfg.final_real]

@@ -12,7 +12,11 @@ from typing import Any
 import torch
 
 from ray_bilevel.config import ConfigError
+from ray_bilevel.cost import cached
 from ray_bilevel.guidance import Linearisation, guided_sample
+from ray_bilevel.metrics.alignment import CLIPScore
+from ray_bilevel.metrics.rewards import InkReward, ResNetReward, StrokeTargetScore
+from ray_bilevel.tasks.reward_lambda.user_scores import UserScore, is_user_spec
 
 __all__ = ["make_r2", "resolve_device"]
 
@@ -27,9 +31,6 @@ def resolve_device(device: str) -> torch.device:
 
 def make_r2(cfg: Any, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """The lower reward r2 of ``cfg.reward``: ink, the ResNet-18 reward, or the user's differentiable function."""
-    from ray_bilevel.metrics.rewards import InkReward, ResNetReward
-    from ray_bilevel.tasks.reward_lambda.user_scores import UserScore, is_user_spec
-
     name = cfg.reward
     if is_user_spec(name):
         return UserScore(name, "reward", cfg.prompt, needs_grad=True)
@@ -60,9 +61,6 @@ class _Backend:
     def _set_upper(self, cfg: Any, alignment: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         """r1 from the prompt alignment and ``cfg.upper`` (docs/reward_lambda.md); a user's upper function is r1
         itself, and the alignment too when the backend has none (``alignment=None``)."""
-        from ray_bilevel.metrics.rewards import StrokeTargetScore
-        from ray_bilevel.tasks.reward_lambda.user_scores import UserScore, is_user_spec
-
         if is_user_spec(cfg.upper):
             self.r1 = UserScore(cfg.upper, "upper", cfg.prompt, needs_grad=False)
             self.alignment = alignment if alignment is not None else self.r1
@@ -81,8 +79,6 @@ class _Backend:
     def probe_user_scores(self) -> None:
         """Call each user function once on a probe batch, so a wrong one fails before any sampling
         (:mod:`.user_scores`)."""
-        from ray_bilevel.tasks.reward_lambda.user_scores import UserScore
-
         for fn in (self.r2, self.r1):
             if isinstance(fn, UserScore):
                 fn.probe(self.image_shape, self.device)
@@ -90,16 +86,12 @@ class _Backend:
     def user_score_info(self) -> dict[str, Any]:
         """Per user function (``reward`` / ``upper``): its name, whether its compute is counted in ``cost_flops`` and
         whether it is differentiable (recorded with the results)."""
-        from ray_bilevel.tasks.reward_lambda.user_scores import UserScore
-
         return {fn.key: {"function": fn.name, "flops_counted": fn.counted, "differentiable": fn.differentiable}
                 for fn in (self.r2, self.r1) if isinstance(fn, UserScore)}
 
     @property
     def r1_differentiable(self) -> bool:
         """Whether r1 has a gradient (built-in scores do; a user's upper function only if its probe had one)."""
-        from ray_bilevel.tasks.reward_lambda.user_scores import UserScore
-
         return not isinstance(self.r1, UserScore) or bool(self.r1.differentiable)
 
     def real_images(self, cfg: Any, split: str) -> torch.Tensor | None:
@@ -131,7 +123,6 @@ class _Backend:
     def reference(self, n: int, seed: int, batch: int) -> dict[str, torch.Tensor]:
         """``n`` pre-trained samples from noise ``seed`` and their rewards; computed once per backend, its cost
         booked once per trial (:func:`ray_bilevel.cost.cached`)."""
-        from ray_bilevel.cost import cached
 
         def compute() -> dict[str, torch.Tensor]:
             x = self.sample(self.noise(n, seed), batch)
@@ -142,7 +133,5 @@ class _Backend:
 
 
 def _clip_r1(cfg: Any, device: torch.device) -> Any:
-    from ray_bilevel.metrics.alignment import CLIPScore
-
     clip = CLIPScore.from_pretrained(cfg.clip_model, allow_download=cfg.allow_download).to(device)
     return lambda x: clip(x, cfg.prompt)

@@ -28,7 +28,11 @@ from typing import Any
 import torch
 
 from ray_bilevel.config import ConfigError
+from ray_bilevel.cost import capture, charge_once
+from ray_bilevel.data import load_images
 from ray_bilevel.guidance import EpsilonModel
+from ray_bilevel.metrics.alignment import ClassAlignment, prompt_to_class
+from ray_bilevel.models.cond_unet import class_eps_model, load_cond_unet
 from ray_bilevel.tasks.reward_lambda.backend_base import _Backend, _clip_r1, make_r2, resolve_device
 from ray_bilevel.tasks.reward_lambda.sd_backend import SDBackend
 
@@ -46,9 +50,6 @@ class DigitsBackend(_Backend):
     decode_is_identity = True
 
     def __init__(self, cfg: Any) -> None:
-        from ray_bilevel.metrics.alignment import ClassAlignment, prompt_to_class
-        from ray_bilevel.models.cond_unet import class_eps_model, load_cond_unet
-
         self.device = resolve_device(cfg.device)
         self.digit = prompt_to_class(cfg.prompt)
         self.unet, self.scheduler = load_cond_unet(cfg.model_path or None)
@@ -74,8 +75,6 @@ class DigitsBackend(_Backend):
 
     def real_images(self, cfg: Any, split: str) -> torch.Tensor | None:
         """Held-out real images of the prompt's digit in ``split`` ("val" or "test"; for ``fid_domain_real``)."""
-        from ray_bilevel.data import load_images
-
         data = load_images(cfg.dataset, image_size=self.latent_shape[-1], split=split, split_seed=cfg.split_seed)
         return data.images[data.labels == self.digit]
 
@@ -89,8 +88,6 @@ _CACHE: dict[tuple, _Backend] = {}
 
 def make_backend(cfg: Any) -> _Backend:
     """The backend for ``cfg``; frozen models are loaded once per process and shared (e.g. by reused Tune actors)."""
-    from ray_bilevel.cost import capture, charge_once
-
     key = tuple(getattr(cfg, k) for k in BACKEND_KEYS)
     if key not in _CACHE:
         with capture() as built:

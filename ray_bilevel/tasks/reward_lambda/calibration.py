@@ -42,7 +42,11 @@ from typing import Any
 import torch
 
 from ray_bilevel.config import ConfigError
+from ray_bilevel.metrics.alignment import prompt_to_class
+from ray_bilevel.models.cond_unet import COND_UNET_DIR
 from ray_bilevel.protocol import MIN_DEVELOPMENT_SEED, TUNING_SPLIT
+from ray_bilevel.tasks.reward_lambda.settings import PRESETS, RewardLambdaSettings
+from ray_bilevel.tasks.reward_lambda.user_scores import spec_name
 
 __all__ = ["CALIBRATION_FILE", "MATCH_KEYS", "STEPS_KEY", "calibration_path", "load_calibrations", "entry_prompt",
            "same_prompt", "find_calibration", "calibration_command", "provenance_problem", "resolve_beta0",
@@ -65,8 +69,6 @@ def calibration_path(model_path: str | Path | None = None) -> Path:
     """The calibration file of the model in ``model_path`` ("" or None: the shipped digits model)."""
     if model_path:
         return Path(model_path) / CALIBRATION_FILE
-    from ray_bilevel.models.cond_unet import COND_UNET_DIR
-
     return COND_UNET_DIR / CALIBRATION_FILE
 
 
@@ -94,8 +96,6 @@ def same_prompt(have: str | None, want: str, model: str) -> bool:
     if have is None:
         return False
     if model == "digits":
-        from ray_bilevel.metrics.alignment import prompt_to_class
-
         try:
             return prompt_to_class(have) == prompt_to_class(want)
         except ConfigError:
@@ -104,8 +104,6 @@ def same_prompt(have: str | None, want: str, model: str) -> bool:
 
 
 def _matches(entry: Mapping[str, Any], cfg: Any) -> bool:
-    from ray_bilevel.tasks.reward_lambda.user_scores import spec_name
-
     cond = entry.get("conditions", {})
     if not same_prompt(entry_prompt(entry), cfg.prompt, cfg.model):
         return False
@@ -153,8 +151,6 @@ def resolve_beta0(cfg: Any) -> tuple[float, str]:
 
     Raises ConfigError if there is no matching entry or the entry was fitted on the test split or benchmark seeds;
     warns if the entry does not record its split and seeds."""
-    from ray_bilevel.tasks.reward_lambda.user_scores import spec_name
-
     if cfg.beta0 is not None:
         return float(cfg.beta0), "setting"
     entry = find_calibration(cfg)
@@ -187,9 +183,6 @@ def calibration_command(cfg: Any) -> str:
     """The command that fits β0 (and the stroke target, :mod:`.stroke_target`) for ``cfg`` on development seeds and
     the validation split: ``tools/lambda_problem.py --calibrate`` with every keyed setting that differs from
     the quick preset."""
-    from ray_bilevel.tasks.reward_lambda.settings import PRESETS, RewardLambdaSettings
-    from ray_bilevel.tasks.reward_lambda.user_scores import spec_name
-
     base = RewardLambdaSettings(**PRESETS["quick"])
     sets = []
     for key in _COMMAND_KEYS:
