@@ -17,8 +17,10 @@ __all__ = ["BenchmarkSpec", "GENERIC_METHODS", "PAPER_METHODS"]
 #: The paper's comparison: the methods a task compares by default (``BenchmarkSpec.baselines``).
 PAPER_METHODS = ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt", "dense")
 #: Methods the benchmark can run on any task with a search space (``default`` and ``bilevel`` on any task): the paper's,
-#: and the peers a practitioner picks today (multi-fidelity ASHA, Optuna's TPE and GP samplers, PB2).
-GENERIC_METHODS = (*PAPER_METHODS, "bilevel_retrain", "asha", "optuna_tpe", "optuna_gp", "pb2")
+#: and the peers a practitioner picks today (multi-fidelity ASHA, Optuna's TPE and GP samplers, PB2), and the population
+#: methods' schedules replayed from scratch.
+GENERIC_METHODS = (*PAPER_METHODS, "bilevel_retrain", "asha", "optuna_tpe", "optuna_gp", "pb2", "pbt_replay",
+                   "pb2_replay")
 
 
 @dataclasses.dataclass(frozen=True)

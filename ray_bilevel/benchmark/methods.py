@@ -32,6 +32,9 @@ optuna_tpe     FixedHyperTrainable + Ray's OptunaSearch with Optuna's TPESampler
 optuna_gp      FixedHyperTrainable + Ray's OptunaSearch with Optuna's GPSampler
 pb2            FixedHyperTrainable population + Tune's PB2 (PBT whose explore step is a GP-UCB bandit over the
                hyperparameters; needs GPy)
+pbt_replay,    the population of pbt / pb2, then its answer's hyperparameter schedule re-run from scratch in one
+pb2_replay     FixedHyperTrainable trial (``hyper_schedule``, :mod:`ray_bilevel.tune.replay`): a reusable answer,
+               booked at the population's cost plus the replay's
 (task's own)   a :class:`~ray_bilevel.space.TaskMethod`: FixedHyperTrainable trials of another task
                over its own space with a generic searcher (e.g. the λ task's ``weighted_sum``)
 =============  ==========================================================================
@@ -87,6 +90,7 @@ class ExperimentSpec:
     hyper_names: tuple[str, ...] = ()  # searched names beyond the task's own hyperparameters
     trial_task: str = ""  # the task the trials run, when it differs (a TaskMethod's task)
     stops_early: bool = False  # the searcher may end before ``trials`` (greedy skips points it already ran)
+    replay: bool = False  # pbt_replay / pb2_replay: the population's answer is replayed from scratch (replay.py)
 
 
 def _clip_explore(space: SearchSpace):
@@ -158,6 +162,10 @@ def build_experiment(
         return ExperimentSpec(name, method, False, dict(base), metric, mode,
                               search_alg=ConcurrencyLimiter(limiter, max_concurrent=max_concurrent), scheduler=asha,
                               num_samples=-1, trials=trials, searcher=limiter, stops_early=True)
+    if method in ("pbt_replay", "pb2_replay"):  # the population, then its best schedule replayed (replay.py)
+        population = build_experiment(task, method.removesuffix("_replay"), base, metric, mode, trials, budget, seed,
+                                      max_concurrent, space)
+        return dataclasses.replace(population, method=method, replay=True)
     if method == "pb2":
         from ray.tune.schedulers.pb2 import PB2
         from ray.tune.search import BasicVariantGenerator
@@ -169,7 +177,7 @@ def build_experiment(
         pb2 = PB2(time_attr="training_iteration", perturbation_interval=budget.pbt_interval,
                         hyperparam_bounds={p.name: [p.low, p.high] for p in space.params},
                         quantile_fraction=0.5 if trials < 8 else 0.25, custom_explore_fn=_clip_explore(space),
-                        log_config=False)
+                        log_config=True)  # pbt_policy_*.txt: the schedules pb2_replay re-runs
         return ExperimentSpec(name, method, False, {**base, **tune_domains(space)}, metric, mode,
                               search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent),
                               scheduler=pb2, num_samples=trials, trials=trials)
@@ -184,7 +192,7 @@ def build_experiment(
             quantile_fraction=0.5 if trials < 8 else 0.25,
             resample_probability=0.25,
             custom_explore_fn=_clip_explore(space),
-            log_config=False,
+            log_config=True,  # pbt_policy_*.txt: the schedules pbt_replay re-runs
         )
         return ExperimentSpec(name, method, False, {**base, **tune_domains(space)}, metric, mode,
                               search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent),

@@ -30,6 +30,7 @@ from ray_bilevel.benchmark.evaluation import add_regret, evaluate_runs
 from ray_bilevel.benchmark.methods import build_experiment, iterations_per_step, methods_for, offered_methods
 from ray_bilevel.benchmark.pool import run_ordered
 from ray_bilevel.benchmark.progress import MethodProgress, ProgressTail
+from ray_bilevel.benchmark.replay import merge_replay, replay_experiment
 from ray_bilevel.benchmark.resume import (
     IncompleteRunError,
     check_budget,
@@ -89,30 +90,7 @@ def run_method(
     log(f"{task} / {method} / seed {seed}: {spec.trials} trial(s) of {trainable_name}"
         + (f" + {type(spec.searcher or spec.search_alg).__name__}" if spec.search_alg is not None else "")
         + (f" + {type(spec.scheduler).__name__}" if spec.scheduler is not None else ""))
-    # the last whole (experiment, searcher) state pair, not what a killed background copy left (snapshot.py)
-    if cfg.resume and tune.Tuner.can_restore(path) and (is_uri(path) or restore_snapshot(path)):
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=spec.param_space,
-            tune_config=tune.TuneConfig(
-                metric=spec.metric, mode=spec.mode, search_alg=spec.search_alg, scheduler=spec.scheduler,
-                num_samples=spec.num_samples, reuse_actors=True, max_concurrent_trials=max_concurrent,
-            ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage, verbose=cfg.verbose,
-                # a checkpoint per iteration: failed trials resume from it, PBT exploits it
-                checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_at_end=True, checkpoint_frequency=1,
-                    num_to_keep=None if spec.scheduler is not None else 2),
-                # a trial whose actor dies resumes from its last checkpoint, up to 3 times (studies/chaos.py)
-                failure_config=tune.FailureConfig(max_failures=3),
-                callbacks=([] if is_uri(path) else [StateSnapshot(path)])
-                + ([MethodProgress(f"{task} / {method} / seed {seed}", spec.trials, file=progress_file(cfg))]
-                   if cfg.verbose else []),
-            ),
-        )
+    tuner = _tuner(trainable, spec, name, path, storage, cfg, max_concurrent, f"{task} / {method} / seed {seed}")
     start = float(state.get("start", time.time()))
     t0, t_fit = time.perf_counter(), time.time()
     grid = tuner.fit()
@@ -125,11 +103,52 @@ def run_method(
         raise KeyboardInterrupt(f"{task} / {method} was interrupted; continue it with --resume.")
     check_complete(spec, len(grid), path)
     run = summarise(spec, grid, wall, start, hyper_names)
-    run.row["session_cpu_s"] = round(session_cpu(state, grid, t_fit, cpu_now), 2)
+    session = session_cpu(state, grid, t_fit, cpu_now)
+    if spec.replay:  # pbt_replay / pb2_replay: the population's answer, re-run from scratch under its schedule
+        rspec = replay_experiment(spec, run, path, hyper_names)
+        rname = f"{name}-replay"
+        rpath = f"{storage.rstrip('/')}/{rname}" if is_uri(storage) else os.path.join(storage, rname)
+        log(f"{task} / {method} / seed {seed}: replaying the answer's schedule {rspec.param_space['hyper_schedule']}")
+        t1, t_fit = time.perf_counter(), time.time()
+        label = f"{task} / {method} (replay) / seed {seed}"
+        rgrid = _tuner(trainable, rspec, rname, rpath, storage, cfg, 1, label).fit()
+        if rgrid.num_terminated + rgrid.num_errors < len(rgrid):
+            raise KeyboardInterrupt(f"{task} / {method} was interrupted; continue it with --resume.")
+        replayed = summarise(rspec, rgrid, time.perf_counter() - t1, t_fit, hyper_names)
+        run = merge_replay(run, replayed, spec, hyper_names)
+        session += sum(float((rgrid[i].metrics or {}).get("cpu_s") or 0.0) for i in range(len(rgrid)))
+    run.row["session_cpu_s"] = round(session, 2)
     run.row["preset"] = cfg.preset
     run.row["settings"] = {k: v for k, v in base.items() if k not in ("task", "preset", "seed")}
     run.row["seed"] = seed
     return run
+
+
+def _tuner(trainable: Any, spec: Any, name: str, path: str, storage: str, cfg: BenchmarkConfig, max_concurrent: int,
+           label: str) -> tune.Tuner:
+    """The method's ``tune.Tuner``: restored from the last whole (experiment, searcher) state pair on ``--resume``
+    (not from what a killed background copy left, snapshot.py), else new."""
+    if cfg.resume and tune.Tuner.can_restore(path) and (is_uri(path) or restore_snapshot(path)):
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=spec.param_space,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode, search_alg=spec.search_alg, scheduler=spec.scheduler,
+            num_samples=spec.num_samples, reuse_actors=True, max_concurrent_trials=max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=cfg.verbose,
+            # a checkpoint per iteration: failed trials resume from it, PBT exploits it
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_at_end=True, checkpoint_frequency=1,
+                num_to_keep=None if spec.scheduler is not None else 2),
+            # a trial whose actor dies resumes from its last checkpoint, up to 3 times (studies/chaos.py)
+            failure_config=tune.FailureConfig(max_failures=3),
+            callbacks=([] if is_uri(path) else [StateSnapshot(path)])
+            + ([MethodProgress(label, spec.trials, file=progress_file(cfg))] if cfg.verbose else []),
+        ),
+    )
 
 
 def _ray_resources(resources: Mapping[str, float]) -> dict[str, float]:

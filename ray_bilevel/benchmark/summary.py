@@ -63,7 +63,8 @@ def summarise(spec: ExperimentSpec, grid: Any, wall: float, start: float, hyper_
                          # a trial a scheduler stopped at a rung (asha) is not an answer: its lower level is unfinished
                          "done": bool(last.get("complete", last.get("done", True))),
                          "checkpoint": result.checkpoint, "config": dict(result.config or {}), "hyper": hyper,
-                         "name": os.path.basename(str(getattr(result, "path", "") or ""))})
+                         "name": os.path.basename(str(getattr(result, "path", "") or "")),
+                         "trial_id": last.get("trial_id")})
     # finishing order; ties (whole-second timestamps of older runs) by the trial folder's name, which a restored
     # experiment keeps (its ResultGrid order is not), so a resumed run draws the same anytime curve
     finished.sort(key=lambda t: (t["end_s"], t["name"]))

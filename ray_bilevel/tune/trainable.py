@@ -19,6 +19,9 @@ through the Task protocol. Config keys read here (everything else goes to the ta
 ``final_every``              also run the final evaluation every N iterations (default 0)
 ``retrain``                  BilevelTrainable: after the outer budget, train the lower level afresh at the learned
                              hyperparameters (learn, then retrain; default False), see :class:`BilevelTrainable`
+``hyper_schedule``           FixedHyperTrainable: ``[[iteration, {name: value}], ...]``, hyperparameters that change
+                             after that many Tune iterations (a PBT / PB2 schedule replayed from scratch,
+                             :mod:`ray_bilevel.tune.replay`; default: none)
 ``test_at_end``              add the task's reporting metrics (``Task.evaluate_test``: the test split) to the
                              last report (default False: a searcher selecting on them would tune on the test
                              split; select on ``Task.tuning_metric()``, the validation twin)
@@ -46,11 +49,12 @@ from ray import tune
 from ray_bilevel.config import ConfigError
 from ray_bilevel.cost import FlopMeter, metering
 from ray_bilevel.tasks import Task, get_task
+from ray_bilevel.tune.replay import check_schedule, scheduled_values
 
 __all__ = ["BilevelTrainable", "FixedHyperTrainable", "TRAINABLE_KEYS", "CHECKPOINT_FILE"]
 
 TRAINABLE_KEYS = frozenset({"iterations_per_step", "lower_steps_per_iteration", "eval_every", "final_every",
-                            "test_at_end", "retrain"})
+                            "test_at_end", "retrain", "hyper_schedule"})
 CHECKPOINT_FILE = "ray_bilevel_state.pt"
 _LEARNED_FILE = "ray_bilevel_learned.json"  # BilevelTrainable(retrain=True): the hyperparameters it retrains at
 _FORMAT = "ray_bilevel.trainable/1"
@@ -297,11 +301,23 @@ class FixedHyperTrainable(_TaskTrainable):
         outer_iters = max(1, math.ceil(self.task.outer_budget / self.iterations_per_step))
         default = max(1, math.ceil(self.task.lower_budget / outer_iters))
         self.lower_steps_per_iteration = _positive_int(config, "lower_steps_per_iteration", default)
+        self.hyper_schedule = check_schedule(config.get("hyper_schedule", []))
+        names = set(self.task.hyperparameters())
+        for _, change in self.hyper_schedule:
+            if set(change) - names:
+                raise ConfigError(f"config['hyper_schedule'] changes {sorted(set(change) - names)}, which are not "
+                                  f"hyperparameters of {type(self.task).__name__} ({sorted(names)}).")
+        self._scheduled: dict[str, Any] = {}
 
     def _budget(self) -> int:
         return self.task.lower_budget
 
     def _work(self) -> dict[str, float]:
+        if self.hyper_schedule:  # a replayed schedule: the values in force after the iterations done (restores too)
+            values = scheduled_values(self.hyper_schedule, self.iteration)
+            if values and values != self._scheduled:
+                self.task.set_hyperparameters(values)
+                self._scheduled = values
         return self._run_units(self.task.lower_step, self.lower_steps_per_iteration)
 
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
@@ -315,3 +331,4 @@ class FixedHyperTrainable(_TaskTrainable):
         fixed = {k: v for k, v in self.task_config.items() if k in names}
         if fixed:
             self.task.set_hyperparameters(fixed)
+        self._scheduled = {}  # a replayed schedule is re-applied at the next step (the restored iteration's values)
