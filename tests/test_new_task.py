@@ -122,7 +122,7 @@ def test_the_task_declares_what_the_harness_needs():
 
     assert offered_methods(LineTask) == ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt",
                                          "dense", "bilevel_retrain", "asha", "optuna_tpe", "optuna_gp", "pb2",
-                                         "shifted_grid")
+                                         "pbt_replay", "pb2_replay", "shifted_grid")
     assert methods_for(LineTask) == LineTask.benchmark.baselines
     assert LineTask.metric_mode("distance") == "min" and LineTask.metric_mode("upper") == "min"
 
