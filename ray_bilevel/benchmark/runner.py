@@ -77,7 +77,7 @@ def run_method(
     cls = BenchBilevelTrainable if spec.bilevel else BenchFixedTrainable
     trainable = tune.with_resources(cls, dict(_ray_resources(cfg.resources)))
     name = method_name(storage, f"{task}-{method}-s{seed}", spec.trials, cfg.resume)
-    path = f"{storage.rstrip('/')}/{name}" if is_uri(storage) else os.path.join(storage, name)
+    path = _experiment_path(storage, name)
     state = prepare_dir(path, cfg.resume)
     check_budget(state, spec.trials, path)
     check_settings(state, base, path)
@@ -95,33 +95,47 @@ def run_method(
     t0, t_fit = time.perf_counter(), time.time()
     grid = tuner.fit()
     wall = time.perf_counter() - t0 + float(state.get("wall_time_s", 0.0))
-    cpu_now = sum(float((grid[i].metrics or {}).get("cpu_s") or 0.0) for i in range(len(grid)))
+    cpu_now = _grid_cpu(grid)
     if not is_uri(path):
         write_state(path, {"wall_time_s": wall, "start": start, "task": task, "method": method, "trials": spec.trials,
                            "cpu_s": cpu_now, "settings": settings_key(base)})
-    if grid.num_terminated + grid.num_errors < len(grid):  # Ctrl-C: Tune stopped the experiment early
-        raise KeyboardInterrupt(f"{task} / {method} was interrupted; continue it with --resume.")
+    _check_finished(grid, task, method)
     check_complete(spec, len(grid), path)
     run = summarise(spec, grid, wall, start, hyper_names)
     session = session_cpu(state, grid, t_fit, cpu_now)
     if spec.replay:  # pbt_replay / pb2_replay: the population's answer, re-run from scratch under its schedule
         rspec = replay_experiment(spec, run, path, hyper_names)
         rname = f"{name}-replay"
-        rpath = f"{storage.rstrip('/')}/{rname}" if is_uri(storage) else os.path.join(storage, rname)
+        rpath = _experiment_path(storage, rname)
         log(f"{task} / {method} / seed {seed}: replaying the answer's schedule {rspec.param_space['hyper_schedule']}")
         t1, t_fit = time.perf_counter(), time.time()
         label = f"{task} / {method} (replay) / seed {seed}"
         rgrid = _tuner(trainable, rspec, rname, rpath, storage, cfg, 1, label).fit()
-        if rgrid.num_terminated + rgrid.num_errors < len(rgrid):
-            raise KeyboardInterrupt(f"{task} / {method} was interrupted; continue it with --resume.")
+        _check_finished(rgrid, task, method)
         replayed = summarise(rspec, rgrid, time.perf_counter() - t1, t_fit, hyper_names)
         run = merge_replay(run, replayed, spec, hyper_names)
-        session += sum(float((rgrid[i].metrics or {}).get("cpu_s") or 0.0) for i in range(len(rgrid)))
+        session += _grid_cpu(rgrid)
     run.row["session_cpu_s"] = round(session, 2)
     run.row["preset"] = cfg.preset
     run.row["settings"] = {k: v for k, v in base.items() if k not in ("task", "preset", "seed")}
     run.row["seed"] = seed
     return run
+
+
+def _experiment_path(storage: str, name: str) -> str:
+    """The experiment folder ``name`` under ``storage`` (a local folder or a URI)."""
+    return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else os.path.join(storage, name)
+
+
+def _grid_cpu(grid: Any) -> float:
+    """Σ of the trials' last reported ``cpu_s``."""
+    return sum(float((grid[i].metrics or {}).get("cpu_s") or 0.0) for i in range(len(grid)))
+
+
+def _check_finished(grid: Any, task: str, method: str) -> None:
+    """Ctrl-C: Tune stopped the experiment early, so the method is not done."""
+    if grid.num_terminated + grid.num_errors < len(grid):
+        raise KeyboardInterrupt(f"{task} / {method} was interrupted; continue it with --resume.")
 
 
 def _tuner(trainable: Any, spec: Any, name: str, path: str, storage: str, cfg: BenchmarkConfig, max_concurrent: int,
