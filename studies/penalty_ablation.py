@@ -4,6 +4,9 @@ Variants (same task, data stream, seeds and evaluation noise; in this process, w
 
 * ``surrogate`` — the full penalty method: z steps on SM + f̃/γ (f̃ = differentiable digit-feature Fréchet distance of
   z's short-chain DDIM samples against the validation statistics), h_y at y' = y + z's SM steps, γ = ``--gamma``;
+* ``cg`` — the penalty term in its γ → ∞ limit, −∇²_qy SM H⁻¹ ∇_y f̃ by truncated conjugate gradients
+  (``z_solve="cg"``, ``--cg-iters``, ``--cg-damping``): its size set by the lower level's curvature, not by how far
+  one z step moved;
 * ``none`` — the upper-only variant (the ``quick`` preset as shipped: z = y + one SM step, so γ(h_z − h_y) ≈ 0);
 * ``default`` — the DDIM-default schedule, ``lower_budget`` y steps;
 * ``fixed_tau`` — a fixed tau (``--tau``), ``lower_budget`` y steps.
@@ -30,7 +33,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-VARIANTS = ("surrogate", "none", "default", "fixed_tau")
+VARIANTS = ("surrogate", "cg", "none", "default", "fixed_tau")
 STEP_KEYS = (
     "hypergrad_upper_norm",
     "hypergrad_penalty_norm",
@@ -42,6 +45,9 @@ STEP_KEYS = (
     "fid_domain_zo",
     "zy_distance",
     "zref_distance",
+    "cg_iterations",
+    "cg_residual",
+    "cg_curvature_stop",
 )
 
 
@@ -51,6 +57,10 @@ def variant_config(variant: str, args: argparse.Namespace) -> tuple[dict[str, An
     if variant == "surrogate":
         return {**base, "z_fid_grad": "surrogate", "z_init": "copy_y", "gamma": args.gamma, "gamma_end": args.gamma,
                 "inner_z": args.inner_z, "lr_z": args.lr_z, "surrogate_samples": args.surrogate_samples,
+                "surrogate_steps": args.surrogate_steps}, True
+    if variant == "cg":
+        return {**base, "z_fid_grad": "surrogate", "z_solve": "cg", "cg_iters": args.cg_iters,
+                "cg_damping": args.cg_damping, "surrogate_samples": args.surrogate_samples,
                 "surrogate_steps": args.surrogate_steps}, True
     if variant == "none":
         return {**base, "z_fid_grad": "none", "z_init": "copy_y"}, True
@@ -181,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--inner-z", type=int, default=1)
     p.add_argument("--surrogate-samples", type=int, default=32)
     p.add_argument("--surrogate-steps", type=int, default=10)
+    p.add_argument("--cg-iters", type=int, default=30, help="the cg variant's conjugate-gradient products")
+    p.add_argument("--cg-damping", type=float, default=1.0, help="the cg variant's damping δ of H + δI")
     p.add_argument("--tau", type=float, default=1.4, help="the fixed_tau variant's tau")
     p.add_argument("--override", default="{}", help='JSON of extra task settings for every variant, e.g. '
                                                     '\'{"outer_steps": 15}\'')

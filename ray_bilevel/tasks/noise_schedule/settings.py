@@ -70,6 +70,15 @@ class NoiseScheduleSettings:
     surrogate_shrinkage: float = 0.2
     surrogate_covariance: Literal["full", "diagonal"] = "full"
     surrogate_reference: bool = True  # h_y at y' = y + z's SM steps (same draws), not at y: z - y' is f~'s effect alone
+    # the penalty problem: "steps" (inner_z optimiser steps of z, eq. 4 at gamma) or "cg": its gamma -> inf limit
+    # -d2_qz SM(y) H^-1 grad f~(y) by truncated conjugate gradients on Hessian-vector products (estimators/implicit.py;
+    # needs z_fid_grad="surrogate"; docs/algorithms.md §3.4)
+    # cg_damping: the smallest decade at which the solve reaches cg_tol on development seed 100's half-trained quick
+    # network (studies/cg_probe.py); undamped, its indefinite Hessian stops CG at negative curvature
+    z_solve: Literal["steps", "cg"] = "steps"
+    cg_iters: int = 30
+    cg_tol: float = 1e-2
+    cg_damping: float = 1.0
     gamma: float = 1.0
     gamma_end: float = 1.0
     lr_start: float = 0.005
@@ -203,12 +212,19 @@ def check_settings(cfg: NoiseScheduleSettings) -> None:
         "lr_schedule": ("constant", "cosine"),
         "zo_q_estimator": ("coordinate", "gaussian"),
         "surrogate_covariance": ("full", "diagonal"),
+        "z_solve": ("steps", "cg"),
         "device": ("cpu", "cuda", "auto"),
     }
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"noise_schedule setting {key!r} must be one of {list(allowed)}, got "
                               f"{getattr(cfg, key)!r}.")
+    if cfg.z_solve == "cg" and cfg.z_fid_grad != "surrogate":
+        raise ConfigError(f"z_solve='cg' solves the penalty problem for the surrogate's gradient; it needs "
+                          f"z_fid_grad='surrogate', got z_fid_grad={cfg.z_fid_grad!r}.")
+    if cfg.cg_iters < 1 or cfg.cg_tol < 0 or cfg.cg_damping < 0:
+        raise ConfigError(f"cg_iters must be >= 1 and cg_tol, cg_damping >= 0; got {cfg.cg_iters}, {cfg.cg_tol}, "
+                          f"{cfg.cg_damping}.")
     steps = cfg.zo_steps if cfg.eval_steps is None else cfg.eval_steps
     if max(steps, cfg.zo_steps, cfg.surrogate_steps) > cfg.T:
         raise ConfigError(f"DDIM steps ({cfg.zo_steps}/{steps}/{cfg.surrogate_steps}) cannot exceed T={cfg.T}; "

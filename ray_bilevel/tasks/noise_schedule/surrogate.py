@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from ray_bilevel.diffusion import ddim_sample, score_matching_loss
+from ray_bilevel.estimators.implicit import penalty_limit
 from ray_bilevel.estimators.penalty import penalty_signal
 from ray_bilevel.estimators.schedule_step import copy_with_moments_, draw_t_noise
 from ray_bilevel.metrics.fid import (
@@ -173,3 +175,19 @@ class SurrogatePenalty:
             out.update(z_loss=sum(losses) / len(losses), z_surrogate=sum(values) / len(values), z_zo_grad_norm=0.0,
                        zy_distance=dist(y))
         return out
+
+    def limit(self, y: torch.nn.Module, q_params: list[Tensor], alphas_of_q: Callable[[], Tensor], x0: Tensor,
+              t: Tensor, eps: Tensor, *, iters: int, tol: float, damping: float) -> tuple[Tensor, dict[str, float]]:
+        """``z_solve="cg"``: the γ → ∞ limit of eq. (4)'s penalty term, −∇²_qy SM(y) (H + δI)⁻¹ ∇_y f̃(y), with
+        H = ∇²_yy SM(y; q) on the minibatch ``x0`` and the draw ``(t, eps)`` (the one h_y uses), f̃ on a fresh x_T
+        (:func:`~ray_bilevel.estimators.implicit.penalty_limit`). ``alphas_of_q()`` must build ᾱ(q) with its graph
+        to ``q_params``. Returns the (4,) float64 term and what the solve did."""
+        params = [p for p in y.parameters() if p.requires_grad]
+        value = self.fid(y, alphas_of_q().detach(), self._noise(self.samples))
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        v = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+        term, info = penalty_limit(lambda: score_matching_loss(y, x0, alphas_of_q(), t=t, noise=eps), params,
+                                   q_params, v, iters=iters, tol=tol, damping=damping)
+        return term, {"z_surrogate": float(value.detach()), "cg_iterations": float(info.iterations),
+                      "cg_residual": info.residual, "cg_curvature_stop": float(info.stop == "curvature"),
+                      "surrogate_grad_norm": math.sqrt(sum(float(g.pow(2).sum()) for g in v))}

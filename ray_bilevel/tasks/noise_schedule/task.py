@@ -223,8 +223,11 @@ class NoiseScheduleTask(Task):
             return report
         gamma = self._gamma()
         x0 = self.last_x0
-        report.update(self._penalty_steps(alphas, x0, gamma))
-        report.update(self._schedule_step(x0, gamma))
+        if c.z_solve == "cg":  # the penalty problem solved in its gamma -> inf limit: no z steps (surrogate.py)
+            report.update(self._schedule_step_cg(x0, gamma))
+        else:
+            report.update(self._penalty_steps(alphas, x0, gamma))
+            report.update(self._schedule_step(x0, gamma))
         self.bilevel_steps += 1
         report.update(warmup=0.0, cooldown=0.0, gamma=gamma)
         self.trajectory.append({"outer_step": float(self.outer_done), **self.hyperparameters()})
@@ -270,6 +273,22 @@ class NoiseScheduleTask(Task):
             return self._fid(self.z, self._alphas_of(qv), x_T)
 
         return self.stepper.step(f, gamma, h_z, h_y, self.gens["zo"], metric="fid_domain")
+
+    def _schedule_step_cg(self, x0: torch.Tensor, gamma: float) -> dict[str, float]:
+        """``z_solve="cg"``: Adam on ĝ_q/γ + term/γ, term = −∇²_qy SM H⁻¹ ∇_y f̃ (eq. 4 as γ → ∞, docs/algorithms.md
+        §3.4), with ĝ_q the ZO estimate at y (z would equal y); same hyper- and ZO-stream draws as the z-step path."""
+        c, s = self.cfg, self.schedule
+        t, noise = self._draw_t_noise(x0, self.gens["hyper"])
+        term, out = self.surrogate_penalty.limit(self.y, [getattr(s, n) for n in NAMES],
+                                                 lambda: s.alphas_cumprod().to(self.device), x0, t, noise,
+                                                 iters=c.cg_iters, tol=c.cg_tol, damping=c.cg_damping)
+        x_T = self._zo_noise()
+
+        def f(qv: torch.Tensor) -> float:  # common random numbers: x_T, timesteps and features fixed
+            return self._fid(self.y, self._alphas_of(qv), x_T)
+
+        zero = torch.zeros_like(term)
+        return {**out, **self.stepper.step(f, gamma, term / gamma, zero, self.gens["zo"], metric="fid_domain")}
 
     def sm_schedule_gradients(
         self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
