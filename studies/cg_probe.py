@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.seed < FIRST_DEV_SEED:
         raise SystemExit(f"--seed {args.seed} is a benchmark seed; this study sets a hand choice, so it runs on "
                          f"development seeds >= {FIRST_DEV_SEED}.")
+    commit = _commit()  # at the start: what ran, not what the tree became meanwhile
     task = get_task("noise_schedule")({"task": "noise_schedule", "preset": args.preset, "seed": args.seed,
                                        "z_fid_grad": "surrogate", "z_solve": "cg"})
     steps = round(args.at * task.lower_budget)
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"δ={damping:g}: {out['cg_iterations']:.0f} products, residual {out['cg_residual']:.3g}, "
               f"curvature stop {out['cg_curvature_stop']:.0f}, term {[round(float(x), 1) for x in term]}", flush=True)
     reached = [r["damping"] for r in rows if r["cg_residual"] <= args.tol]
-    return {"command": "python studies/cg_probe.py " + " ".join(args.argv), "commit": _commit(), "seed": args.seed,
+    return {"command": "python studies/cg_probe.py " + " ".join(args.argv), "commit": commit, "seed": args.seed,
             "preset": args.preset, "lower_steps": steps, "iters": args.iters, "tol": args.tol, "rows": rows,
             "chosen_damping": min(reached) if reached else None}
 

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.seed < FIRST_DEV_SEED:
         raise SystemExit(f"--seed {args.seed} is a benchmark seed; this study informs hand choices, so it runs on "
                          f"development seeds >= {FIRST_DEV_SEED}.")
+    commit = _commit()  # at the start: what ran, not what the tree became meanwhile
     task = get_task("noise_schedule")({"task": "noise_schedule", "preset": args.preset, "seed": args.seed,
                                        **json.loads(args.override)})
     budget, done, rows = task.lower_budget, 0, []
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{name} snr {v['snr']:.2f} sign {v['sign_agree']:.2f}" for name, v in row["stats"].items())
                       + f" ({row['cpu_s']:.0f} CPU-s)", flush=True)
         print(f"  state at {frac:.2f}: {time.process_time() - c0:.0f} CPU-s", flush=True)
-    return {"command": "python studies/zo_snr.py " + " ".join(args.argv), "commit": _commit(), "seed": args.seed,
+    return {"command": "python studies/zo_snr.py " + " ".join(args.argv), "commit": commit, "seed": args.seed,
             "preset": args.preset, "zo_mu": task.cfg.zo_mu, "schedule": task.hyperparameters(),
             "lrs": {n: getattr(task.cfg, f"lr_{n}") for n in ("start", "end", "tau", "eps")}, "rows": rows}
 
@@ -131,6 +132,11 @@ def render(result: dict[str, Any]) -> str:
                          f"{v['mean']:.3g} ± {v['sd']:.3g} ({v['snr']:.2f}, {v['sign_agree']:.2f})")
         lines.append(f"| {r['lower_steps']} | {r['samples']} | {'shared x_T' if r['crn'] else 'independent'} | "
                      + " | ".join(cells) + f" | {r['cpu_s']:.0f} |")
+    lines.append("")
+    lines.append(f"{len(result['rows'][0]['grads'])} repeats per row; development seed {result['seed']}, preset "
+                 f"{result['preset']}, schedule {result['schedule']}, ZO radius {result['zo_mu']}; commit "
+                 f"{result['commit']}. Cells: mean ± sd over repeats (SNR = |mean|/sd, share of repeats with the "
+                 "mean's sign).")
     return "\n".join(lines) + "\n"
 
 
