@@ -73,3 +73,18 @@ def test_lines_go_to_the_progress_file_and_the_tail_echoes_each_new_whole_line_o
         fh.write("ne\n")
     tail()
     assert echoed[-1] == "half a line"
+
+
+def test_a_resumed_experiment_counts_the_trials_finished_before_and_times_only_this_run():
+    lines: list[str] = []
+    clock = Clock()
+    p = MethodProgress("ns / dense / seed 0", trials=4, every_s=1e9, printer=lines.append, clock=clock)
+    p.setup()  # restored: trials t0, t1 finished in the earlier invocation, t2 runs now
+    before = [SimpleNamespace(trial_id=f"t{i}", status="TERMINATED", last_result={"cost_flops": 2e9}) for i in (0, 1)]
+    running = SimpleNamespace(trial_id="t2", status="RUNNING", last_result={})
+    clock.now = 30.0
+    p.on_trial_result(0, [*before, running], running, {"work_fraction": 1.0, "cost_flops": 2e9})
+    running.status = "TERMINATED"
+    p.on_trial_complete(0, [*before, running], running)
+    # 3 of 4 done (6 of ~8 GFLOP); this run did 2 GFLOP in 30 s, so the last 2 take 30 s (not 10 s)
+    assert lines == ["ns / dense / seed 0: 3 of 4 trial(s) done (2 before --resume), 6.0 of ~8.0 GFLOP, ETA 30 s"]

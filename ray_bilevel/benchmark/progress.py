@@ -52,6 +52,7 @@ class MethodProgress(Callback):
         self.start = self.last = clock()
         self.seen: dict[str, tuple[float, float]] = {}  # trial id -> (work_fraction, cost_flops)
         self.done: set[str] = set()
+        self.restored: set[str] = set()  # finished in an earlier invocation (--resume): done, not this run's rate
 
     def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
               **info: Any) -> None:
@@ -59,9 +60,23 @@ class MethodProgress(Callback):
         self.start = self.last = self.clock()
         self.seen.clear()
         self.done.clear()
+        self.restored.clear()
+
+    def _absorb_restored(self, trials: list[Any] | None) -> None:
+        """Count the trials a restored experiment finished before this invocation (Tune reports nothing for
+        them again): done, with their last result's compute, but not part of this invocation's rate."""
+        for t in trials or []:
+            tid = str(getattr(t, "trial_id", ""))
+            if tid in self.seen or str(getattr(t, "status", "")) != "TERMINATED":
+                continue
+            last = getattr(t, "last_result", None) or {}
+            self.seen[tid] = (1.0, max(0.0, float(last.get("cost_flops") or 0.0)))
+            self.done.add(tid)
+            self.restored.add(tid)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
+        self._absorb_restored(trials)
         fraction = float(result.get("work_fraction") or 0.0)
         flops = float(result.get("cost_flops") or 0.0)
         self.seen[str(trial.trial_id)] = (min(1.0, max(0.0, fraction)), max(0.0, flops))
@@ -69,6 +84,7 @@ class MethodProgress(Callback):
             self.emit()
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._absorb_restored(trials)
         self.done.add(str(trial.trial_id))
         self.emit()
 
@@ -82,14 +98,20 @@ class MethodProgress(Callback):
         done = sum(1.0 if k in self.done else w for k, (w, _) in self.seen.items())
         return done, float(max(done, self.trials)), "trials"
 
+    def _restored_work(self, unit: str) -> float:
+        return sum(self.seen[t][1] if unit == "GFLOP" else 1.0 for t in self.restored)
+
     def line(self) -> str:
         done, total, unit = self.estimate()
         elapsed = self.clock() - self.start
         text = f"{self.label}: {len(self.done)} of {self.trials} trial(s) done"
+        if self.restored:
+            text += f" ({len(self.restored)} before --resume)"
         if unit == "GFLOP":
             text += f", {done / 1e9:,.1f} of ~{total / 1e9:,.1f} GFLOP"
-        if done > 0 and total > done:
-            text += f", ETA {format_eta(elapsed * (total - done) / done)}"
+        here = done - self._restored_work(unit)  # this invocation's work: the rate of the ETA
+        if here > 0 and total > done:
+            text += f", ETA {format_eta(elapsed * (total - done) / here)}"
         return text
 
     def emit(self) -> None:
