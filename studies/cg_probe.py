@@ -13,34 +13,24 @@ budget with a residual above ‖b‖, and its term is then noise)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zo_snr import FIRST_DEV_SEED, _commit  # noqa: E402
+from _dev import run_or_render, start, trained_noise_schedule  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from ray_bilevel.schedules import NAMES
-    from ray_bilevel.tasks import get_task
 
-    if args.seed < FIRST_DEV_SEED:
-        raise SystemExit(f"--seed {args.seed} is a benchmark seed; this study sets a hand choice, so it runs on "
-                         f"development seeds >= {FIRST_DEV_SEED}.")
-    commit = _commit()  # at the start: what ran, not what the tree became meanwhile
-    task = get_task("noise_schedule")({"task": "noise_schedule", "preset": args.preset, "seed": args.seed,
-                                       "z_fid_grad": "surrogate", "z_solve": "cg"})
-    steps = round(args.at * task.lower_budget)
-    for _ in range(steps):
-        task.lower_step()
+    commit = start(args.seed, "studies/cg_probe.py (it sets cg_damping)")
+    task, steps = trained_noise_schedule(args.preset, args.seed, args.at, z_fid_grad="surrogate", z_solve="cg")
     s, x0 = task.schedule, task._next_batch()
     rows = []
     for damping in args.dampings:
@@ -80,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="quick")
-    p.add_argument("--seed", type=int, default=FIRST_DEV_SEED, help="a development seed (>= 100)")
+    p.add_argument("--seed", type=int, default=100, help="a development seed (>= 100)")
     p.add_argument("--at", type=float, default=0.5, help="fraction of the lower-level budget trained first")
     p.add_argument("--dampings", nargs="+", type=float, default=[0.0, 0.01, 0.1, 1.0, 10.0])
     p.add_argument("--iters", type=int, default=30)
@@ -89,12 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args(argv)
     args.argv = argv
-    if not args.render_only:
-        warnings.filterwarnings("ignore", message="FID with")
-        result = run(args)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-    print(render(json.loads(args.out.read_text())))
+    run_or_render(lambda: run(args), render, args.out, args.render_only)
 
 
 if __name__ == "__main__":

@@ -129,17 +129,10 @@ def table(entries: list[dict[str, Any]]) -> str:
 
 
 def _commit() -> str | None:
-    import subprocess
+    from ray_bilevel.benchmark.outputs import git_commit
 
-    try:
-        here = Path(__file__).resolve().parents[1]
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    info = git_commit(str(Path(__file__).resolve().parents[1]))
+    return None if info["sha"] is None else info["sha"][:7] + ("+dirty" if info["dirty"] else "")
 
 
 def _ci(values: list[float | None]) -> str:

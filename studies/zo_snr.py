@@ -25,27 +25,15 @@ import argparse
 import json
 import math
 import os
-import subprocess
+import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-FIRST_DEV_SEED = 100
-
-
-def _commit() -> str | None:
-    here = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _dev import run_or_render, start, trained_noise_schedule  # noqa: E402
 
 
 def estimates(task: Any, n: int, repeats: int, crn: bool, seed: int) -> list[list[float]]:
@@ -87,16 +75,11 @@ def stats(grads: list[list[float]]) -> dict[str, dict[str, float]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ray_bilevel.tasks import get_task
-
-    if args.seed < FIRST_DEV_SEED:
-        raise SystemExit(f"--seed {args.seed} is a benchmark seed; this study informs hand choices, so it runs on "
-                         f"development seeds >= {FIRST_DEV_SEED}.")
-    commit = _commit()  # at the start: what ran, not what the tree became meanwhile
-    task = get_task("noise_schedule")({"task": "noise_schedule", "preset": args.preset, "seed": args.seed,
-                                       **json.loads(args.override)})
-    budget, done, rows = task.lower_budget, 0, []
-    for frac in sorted(args.at):
+    commit = start(args.seed, "studies/zo_snr.py (it informs hand choices)")
+    fractions = sorted(args.at)
+    task, done = trained_noise_schedule(args.preset, args.seed, 0.0, **json.loads(args.override))
+    budget, rows = task.lower_budget, []
+    for frac in fractions:
         c0 = time.process_time()
         for _ in range(round(frac * budget) - done):
             task.lower_step()
@@ -141,12 +124,10 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="quick")
-    p.add_argument("--seed", type=int, default=FIRST_DEV_SEED, help="a development seed (>= 100)")
+    p.add_argument("--seed", type=int, default=100, help="a development seed (>= 100)")
     p.add_argument("--at", nargs="+", type=float, default=[0.5, 1.0],
                    help="fractions of the lower-level budget at which to probe")
     p.add_argument("--repeats", type=int, default=12)
@@ -159,12 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = argv
     if args.repeats < 2:
         raise SystemExit(f"--repeats {args.repeats}: an sd needs at least 2 repeats.")
-    if not args.render_only:
-        warnings.filterwarnings("ignore", message="FID with")
-        result = run(args)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-    print(render(json.loads(args.out.read_text())))
+    run_or_render(lambda: run(args), render, args.out, args.render_only)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""What the studies that set a hand choice share (docs/algorithms.md §4, "Hand-chosen settings"): development seeds
+and the validation split only (:func:`ray_bilevel.protocol.check_development`), the commit they started at, and a
+noise-schedule network trained on the default schedule to a fraction of its budget."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(seed: int, what: str) -> str | None:
+    """Refuse a benchmark seed (a ``SystemExit`` naming the fix), then the commit the study starts at (``+dirty`` when
+    tracked files differ): what ran, not what the tree became while it ran."""
+    from ray_bilevel.benchmark.outputs import git_commit
+    from ray_bilevel.config import ConfigError
+    from ray_bilevel.protocol import check_development
+
+    try:
+        check_development([seed], "val", what)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    info = git_commit(str(ROOT))
+    return None if info["sha"] is None else info["sha"][:7] + ("+dirty" if info["dirty"] else "")
+
+
+def trained_noise_schedule(preset: str, seed: int, fraction: float, **extra: Any) -> tuple[Any, int]:
+    """A noise-schedule task (``extra`` settings on top of ``preset``) whose network has taken ``fraction`` of its
+    lower-level budget on the default schedule; returns (task, steps taken)."""
+    from ray_bilevel.tasks import get_task
+
+    task = get_task("noise_schedule")({"task": "noise_schedule", "preset": preset, "seed": seed, **extra})
+    steps = round(fraction * task.lower_budget)
+    for _ in range(steps):
+        task.lower_step()
+    return task, steps
+
+
+def run_or_render(run: Any, render: Any, out: Path, render_only: bool) -> None:
+    """Run the study (``run() -> dict``) and write its JSON to ``out`` unless ``render_only``; print ``render`` of
+    what ``out`` holds."""
+    import json
+    import warnings
+
+    if not render_only:
+        warnings.filterwarnings("ignore", message="FID with")
+        result = run()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    print(render(json.loads(out.read_text())))
