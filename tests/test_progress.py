@@ -1,6 +1,7 @@
 """The harness's per-method progress line: trials done of the budget, compute done and left, an ETA."""
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 from ray_bilevel.benchmark.progress import MethodProgress, format_eta
@@ -88,3 +89,13 @@ def test_a_resumed_experiment_counts_the_trials_finished_before_and_times_only_t
     p.on_trial_complete(0, [*before, running], running)
     # 3 of 4 done (6 of ~8 GFLOP); this run did 2 GFLOP in 30 s, so the last 2 take 30 s (not 10 s)
     assert lines == ["ns / dense / seed 0: 3 of 4 trial(s) done (2 before --resume), 6.0 of ~8.0 GFLOP, ETA 30 s"]
+
+
+def test_setup_accepts_a_callback_pickled_by_an_older_version():
+    import pickle
+
+    p = MethodProgress("ns / dense / seed 0", trials=2, printer=print, clock=time.monotonic)  # picklable
+    del p.restored  # what Tune's restore hands back from a tuner.pkl written before the attribute existed
+    old = pickle.loads(pickle.dumps(p))
+    old.setup()
+    assert old.restored == set() and old.seen == {} and old.done == set()

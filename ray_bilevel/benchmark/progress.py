@@ -56,11 +56,10 @@ class MethodProgress(Callback):
 
     def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
               **info: Any) -> None:
-        """The experiment starts (again, after a restore): the clock and the counts start afresh."""
+        """The experiment starts (again, after a restore): the clock and the counts start afresh. (A restore may hand
+        back a callback pickled by an older version of this class, so the counters are made anew, not cleared.)"""
         self.start = self.last = self.clock()
-        self.seen.clear()
-        self.done.clear()
-        self.restored.clear()
+        self.seen, self.done, self.restored = {}, set(), set()
 
     def _absorb_restored(self, trials: list[Any] | None) -> None:
         """Count the trials a restored experiment finished before this invocation (Tune reports nothing for
