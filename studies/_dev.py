@@ -48,3 +48,16 @@ def run_or_render(run: Any, render: Any, out: Path, render_only: bool) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
     print(render(json.loads(out.read_text())))
+
+
+def parser(doc: str | None, out: str) -> Any:
+    """The options every such study has: ``--preset``, ``--seed`` (a development seed), ``--out`` (its JSON,
+    default ``out``) and ``--render-only``; the study adds its own."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--seed", type=int, default=100, help="a development seed (>= 100)")
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--render-only", action="store_true", help="print the table of --out and exit")
+    return p

@@ -21,7 +21,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _dev import run_or_render, start, trained_noise_schedule  # noqa: E402
+from _dev import parser, run_or_render, start, trained_noise_schedule  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,15 +68,11 @@ def render(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="quick")
-    p.add_argument("--seed", type=int, default=100, help="a development seed (>= 100)")
+    p = parser(__doc__, "results/cg_probe.json")
     p.add_argument("--at", type=float, default=0.5, help="fraction of the lower-level budget trained first")
     p.add_argument("--dampings", nargs="+", type=float, default=[0.0, 0.01, 0.1, 1.0, 10.0])
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--tol", type=float, default=1e-2)
-    p.add_argument("--out", type=Path, default=Path("results/cg_probe.json"))
-    p.add_argument("--render-only", action="store_true")
     args = p.parse_args(argv)
     args.argv = argv
     run_or_render(lambda: run(args), render, args.out, args.render_only)

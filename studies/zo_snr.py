@@ -33,7 +33,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _dev import run_or_render, start, trained_noise_schedule  # noqa: E402
+from _dev import parser, run_or_render, start, trained_noise_schedule  # noqa: E402
 
 
 def estimates(task: Any, n: int, repeats: int, crn: bool, seed: int) -> list[list[float]]:
@@ -125,17 +125,13 @@ def render(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="quick")
-    p.add_argument("--seed", type=int, default=100, help="a development seed (>= 100)")
+    p = parser(__doc__, "results/zo_snr.json")
     p.add_argument("--at", nargs="+", type=float, default=[0.5, 1.0],
                    help="fractions of the lower-level budget at which to probe")
     p.add_argument("--repeats", type=int, default=12)
     p.add_argument("--samples", nargs="+", type=int, default=[96, 288],
                    help="probe sizes (x_T samples per FID); the first is also run without common random numbers")
     p.add_argument("--override", default="{}", help="JSON of extra task settings")
-    p.add_argument("--out", type=Path, default=Path("results/zo_snr.json"))
-    p.add_argument("--render-only", action="store_true", help="print the table of --out and exit")
     args = p.parse_args(argv)
     args.argv = argv
     if args.repeats < 2:
