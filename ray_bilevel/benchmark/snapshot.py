@@ -15,9 +15,12 @@ not atomically. A driver killed during that copy leaves the experiment folder wi
 The fix: :class:`StateSnapshot`, a Tune callback, is called by Tune right after each snapshot is written whole to the
 staging folder (``Callback.get_state`` runs after the experiment and searcher states are saved) and packs that
 snapshot's files into one file of the experiment folder, ``ray_bilevel_snapshot.json``, written whole or not at all
-(a temporary file renamed over it). :func:`restore_snapshot`, called before ``Tuner.restore``, puts the pair back in
-place of whatever the background copy left. A kill during our own write leaves the previous whole snapshot. Local
-experiment folders only; for a storage URI Tune's own copy is all there is (docs/algorithms.md §4, "Resume after a
+(a temporary file renamed over it). It writes the same file into the staging folder too: a restored experiment's
+staging folder holds the pointer downloaded at the restore, and Tune's copy of the staging folder would otherwise
+put that stale pointer back over the fresh one, so that a second resume rolled the experiment back to its first
+restore and ran its finished trials again. :func:`restore_snapshot`, called before ``Tuner.restore``, puts the pair
+back in place of whatever the background copy left. A kill during our own write leaves the previous whole snapshot.
+Local experiment folders only; for a storage URI Tune's own copy is all there is (docs/algorithms.md §4, "Resume after a
 fault").
 """
 from __future__ import annotations
@@ -90,7 +93,12 @@ class StateSnapshot(Callback):
             if _session(name) == session:
                 with open(os.path.join(staging, name), "rb") as fh:
                     files[name] = base64.b64encode(fh.read()).decode("ascii")
-        atomic_write_json(os.path.join(self.experiment_path, POINTER), {"format": _FORMAT, "files": files})
+        record = {"format": _FORMAT, "files": files}
+        # into the staging folder first: after a restore it holds the pointer Tune downloaded then, and Tune's sync
+        # copies the staging folder over the experiment folder, so a stale pointer there would overwrite ours and a
+        # second resume would roll the experiment back to its first restore
+        atomic_write_json(os.path.join(staging, POINTER), record)
+        atomic_write_json(os.path.join(self.experiment_path, POINTER), record)
 
 
 def restore_snapshot(experiment_path: str) -> bool:
