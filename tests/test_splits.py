@@ -103,8 +103,8 @@ def _quick_estimators(name: str) -> dict[str, Any]:
 
 #: Every estimator path of the tasks at smoke size. The noise schedule's smoke default is the ZO penalty (z_fid_grad
 #: "zo"), its quick preset z copied from y with SM-only steps; "surrogate" is the differentiable-FID penalty
-#: (surrogate.py), "cg" its γ → ∞ limit by conjugate gradients, and "gaussian" the paper's ZO schedule gradient. The λ task: the exact and the released (33)
-#: estimators on fresh and fixed pools.
+#: (surrogate.py), "cg" its γ → ∞ limit by conjugate gradients, and "gaussian" the paper's ZO schedule gradient.
+#: The λ task: the exact and the released (33) estimators on fresh and fixed pools.
 PATHS = [
     ("noise_schedule", {}),
     ("noise_schedule", _quick_estimators("noise_schedule")),
