@@ -8,7 +8,8 @@ date, machine, ...) and writes: the title, the exact command (run_info's argv un
 warning when the tree was dirty), date and machine, then the multi-seed report
 (:func:`ray_bilevel.benchmark.tables.markdown_report`) and links to the summary plots (drawn from results.json
 when missing, unless --no-plots), relative to the output file's folder (printing: to --link-base, the folder of
-the markdown file that holds the section, e.g. docs/studies; else the current folder).
+the markdown file that holds the section, e.g. docs/studies; else the current folder). A folder joined by
+``benchmarks/merge_runs.py`` (seeds run apart) gets one command / commit / date / machine block per part.
 """
 from __future__ import annotations
 
@@ -94,6 +95,25 @@ def _efficiency(info: dict[str, Any]) -> str | None:
             "time.")
 
 
+def _provenance(info: dict[str, Any], command: str | None) -> list[str]:
+    """The command, commit, date, machine and efficiency lines of one compare.py invocation's run_info."""
+    command = command or _command(info.get("argv")) or "(no argv in run_info.json)"
+    sha, dirty = _commit(info)
+    lines = ["```", command, "```\n"]
+    commit_line = f"Commit `{sha}`" if sha else "Commit: not recorded"
+    if dirty:
+        commit_line += (
+            " — **dirty tree**: the run used uncommitted changes, so this commit does not reproduce it exactly"
+        )
+    lines.append(commit_line + ".  ")
+    lines.append(f"Date: {info.get('date') or '–'}.  ")
+    lines.append(f"Machine: {_machine(info)}.\n")
+    effort = _efficiency(info)
+    if effort:
+        lines.append(effort + "\n")
+    return lines
+
+
 def section(results_dir: str, title: str | None = None, command: str | None = None, link_base: str | None = None,
             plots: bool = True) -> str:
     """The markdown section of ``results_dir`` (see the module docstring)."""
@@ -108,20 +128,16 @@ def section(results_dir: str, title: str | None = None, command: str | None = No
     seeds = sorted({r.get("seed") for r in rows}, key=str)
     presets = sorted({str(r.get("preset")) for r in rows if r.get("preset") is not None})
     title = title or f"{', '.join(tasks)} ({', '.join(presets) or 'preset ?'}, {len(seeds)} seed(s))"
-    command = command or _command(info.get("argv")) or "(no argv in run_info.json)"
-    sha, dirty = _commit(info)
-    lines = [f"## {title}\n", "```", command, "```\n"]
-    commit_line = f"Commit `{sha}`" if sha else "Commit: not recorded"
-    if dirty:
-        commit_line += (
-            " — **dirty tree**: the run used uncommitted changes, so this commit does not reproduce it exactly"
-        )
-    lines.append(commit_line + ".  ")
-    lines.append(f"Date: {info.get('date') or '–'}.  ")
-    lines.append(f"Machine: {_machine(info)}.\n")
-    effort = _efficiency(info)
-    if effort:
-        lines.append(effort + "\n")
+    lines = [f"## {title}\n"]
+    if info.get("parts"):  # a folder joined by benchmarks/merge_runs.py: one block per part
+        lines.append(f"Run in {len(info['parts'])} parts, joined by `benchmarks/merge_runs.py` "
+                     f"({info.get('date') or 'date not recorded'}):\n")
+        for part in info["parts"]:
+            seeds = ", ".join(str(s) for s in part.get("seeds") or []) or "?"
+            lines.append(f"Seed(s) {seeds}:\n")
+            lines += _provenance(part, None)
+    else:
+        lines += _provenance(info, command)
     lines.append(markdown_report(rows))
     folder = os.path.join(results_dir, "plots")
     if plots:
