@@ -64,3 +64,23 @@ def test_tune_run_retrain_returns_the_retrained_network_with_the_learned_schedul
     assert {k: last[k] for k in learned} == pytest.approx(learned)
     assert state["task_state"]["lower_steps"] == last["retrain_steps"]  # the network trained in the retrain phase
     assert exported, "the learned schedule is exported beside the checkpoint"
+
+
+def test_work_fraction_weighs_each_phase_as_half_the_run():
+    """The progress line projects a trial's compute as cost_flops / work_fraction: counting an outer step like one
+    retraining step projected ~40x the compute of a quick learn-then-retrain trial. Each phase is half."""
+    config = {"task": "toy", "preset": "smoke", "seed": 3}
+    learn = BilevelTrainable(config={**config, "retrain": True})
+    outer, lower = learn._outer, learn._lower
+    fractions, phases = [], []
+    while not phases or learn.work_done < outer + lower:
+        report = learn.train()
+        fractions.append(learn.work_fraction())
+        phases.append(report["phase"])
+    switch = phases.index(1)
+    assert fractions[switch - 1] == pytest.approx(0.5)  # the learning phase ends at half
+    assert fractions[-1] == pytest.approx(1.0)
+    assert fractions == sorted(fractions) and all(0 < f <= 0.5 for f in fractions[:switch])
+    plain = BilevelTrainable(config=config)
+    plain.train()
+    assert plain.work_fraction() == pytest.approx(plain.work_done / outer)

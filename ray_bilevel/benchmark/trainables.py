@@ -33,7 +33,7 @@ class _Fresh:
     def step(self) -> dict[str, Any]:
         report = super().step()  # type: ignore[misc]
         report["reported_at"] = time.time()
-        report["work_fraction"] = self.work_done / max(1, self._budget())  # type: ignore[attr-defined]
+        report["work_fraction"] = self.work_fraction()  # type: ignore[attr-defined]
         return report
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:

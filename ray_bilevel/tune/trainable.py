@@ -103,6 +103,10 @@ class _TaskTrainable(tune.Trainable):
     def _work(self) -> dict[str, float]:
         raise NotImplementedError
 
+    def work_fraction(self) -> float:
+        """The share of the trial's complete run done, for progress estimates (the units of work are alike)."""
+        return self.work_done / max(1, self._budget())
+
     def _run_units(
         self, unit: Callable[[], dict[str, float]], count: int, limit: int | None = None
     ) -> dict[str, float]:
@@ -248,6 +252,17 @@ class BilevelTrainable(_TaskTrainable):
 
     def _budget(self) -> int:
         return self._outer + (self._lower if self.retrain else 0)
+
+    def work_fraction(self) -> float:
+        """With ``retrain``, each phase is half the run: the learning phase trains its own lower level for a
+        complete run (and probes on top), the retraining phase one complete run, so an outer step weighs
+        ``lower_budget / outer_budget`` retraining steps, not one (a progress estimate that counted them alike
+        projected ~40× the trial's compute from its first outer steps)."""
+        if not self.retrain:
+            return super().work_fraction()
+        learning = min(self.work_done, self._outer) / max(1, self._outer)
+        retraining = max(0, self.work_done - self._outer) / max(1, self._lower)
+        return 0.5 * learning + 0.5 * retraining
 
     def _start_retrain(self, learned: Mapping[str, float]) -> None:
         """The retrain phase's task: built afresh from the trial's config at the learned hyperparameters."""
