@@ -130,11 +130,12 @@ def section(results_dir: str, title: str | None = None, command: str | None = No
     title = title or f"{', '.join(tasks)} ({', '.join(presets) or 'preset ?'}, {len(seeds)} seed(s))"
     lines = [f"## {title}\n"]
     if info.get("parts"):  # a folder joined by benchmarks/merge_runs.py: one block per part
-        lines.append(f"Run in {len(info['parts'])} parts, joined by `benchmarks/merge_runs.py` "
-                     f"({info.get('date') or 'date not recorded'}):\n")
+        n = len(info["parts"])
+        lines.append(f"Run in {n} part{'s' if n != 1 else ''}, joined by `benchmarks/merge_runs.py` "
+                     f"({info.get('date') or 'date not recorded'}).  ")
         for part in info["parts"]:
             seeds = ", ".join(str(s) for s in part.get("seeds") or []) or "?"
-            lines.append(f"Seed(s) {seeds}:\n")
+            lines.append(f"Seed(s) {seeds}:")
             lines += _provenance(part, None)
     else:
         lines += _provenance(info, command)
