@@ -95,3 +95,7 @@ def test_pbt_replay_books_the_population_and_the_replay_and_answers_with_the_rep
         final.update(change)
     assert rep["best_config"] == pytest.approx(final)
     assert rep["metric_value"] is not None
+    # nothing was resumed: this invocation's CPU-s are the rows' own (an exploit's inherited counter is not re-added)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["reused_cpu_s"] == pytest.approx(0.0, abs=0.05)
+    assert pop["session_cpu_s"] == pytest.approx(pop["cpu_s"], abs=0.05)

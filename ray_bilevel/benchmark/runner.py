@@ -43,7 +43,7 @@ from ray_bilevel.benchmark.resume import (
     write_state,
 )
 from ray_bilevel.benchmark.snapshot import StateSnapshot, restore_snapshot
-from ray_bilevel.benchmark.summary import ROW_METRICS, MethodRun, summarise
+from ray_bilevel.benchmark.summary import ROW_METRICS, MethodRun, summarise, trial_cost
 from ray_bilevel.benchmark.trainables import BenchBilevelTrainable, BenchFixedTrainable
 from ray_bilevel.config import ConfigError
 from ray_bilevel.space import Budget
@@ -128,8 +128,9 @@ def _experiment_path(storage: str, name: str) -> str:
 
 
 def _grid_cpu(grid: Any) -> float:
-    """Σ of the trials' last reported ``cpu_s``."""
-    return sum(float((grid[i].metrics or {}).get("cpu_s") or 0.0) for i in range(len(grid)))
+    """Σ of the trials' own CPU-seconds, as the row books them (:func:`trial_cost`: a PBT exploit's inherited
+    counters are not its own; summing the last reported ``cpu_s`` counted the donor's work twice)."""
+    return sum(trial_cost(grid[i], grid[i].metrics or {})[2] or 0.0 for i in range(len(grid)))
 
 
 def _check_finished(grid: Any, task: str, method: str) -> None:
