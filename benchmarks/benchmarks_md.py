@@ -9,7 +9,8 @@ warning when the tree was dirty), date and machine, then the multi-seed report
 (:func:`ray_bilevel.benchmark.tables.markdown_report`) and links to the summary plots (drawn from results.json
 when missing, unless --no-plots), relative to the output file's folder (printing: to --link-base, the folder of
 the markdown file that holds the section, e.g. docs/studies; else the current folder). A folder joined by
-``benchmarks/merge_runs.py`` (seeds run apart) gets one command / commit / date / machine block per part.
+``benchmarks/merge_runs.py`` (seeds run apart) gets one line per part (seeds, commit, date, wall time) and its
+command; the machine once when every part ran on the same kind.
 """
 from __future__ import annotations
 
@@ -76,6 +77,16 @@ def _machine(info: dict[str, Any]) -> str:
     return "; ".join(parts) or "–"
 
 
+def _machine_kind(info: dict[str, Any]) -> str:
+    """The kind of machine a run used (architecture, cores, GPU), without the kernel build or the run's load."""
+    parts = [str(info["machine"])] if info.get("machine") else []
+    if info.get("cpus"):
+        parts.append(f"{info['cpus']} CPUs")
+    if info.get("gpus") or info.get("gpu"):
+        parts.append(f"GPU: {info.get('gpus') or info.get('gpu')}")
+    return "; ".join(parts) or "not recorded"
+
+
 def _efficiency(info: dict[str, Any]) -> str | None:
     """The run's own efficiency figures (run_info.json, written by the runner), or None for older runs."""
     if info.get("wall_s") is None:
@@ -114,6 +125,29 @@ def _provenance(info: dict[str, Any], command: str | None) -> list[str]:
     return lines
 
 
+def _part_line(part: dict[str, Any], with_machine: bool) -> list[str]:
+    """One part of a joined folder in two lines: seeds, commit (clean or dirty), date, wall time, utilisation (and
+    the machine when the parts ran on different ones), then its command."""
+    seeds = ", ".join(str(s) for s in part.get("seeds") or []) or "?"
+    sha, dirty = _commit(part)
+    if not sha:
+        commit = "commit not recorded"
+    elif dirty:
+        commit = f"commit `{sha[:12]}` (**dirty tree**: uncommitted changes, not exactly reproducible)"
+    else:
+        commit = f"commit `{sha[:12]}`" + (" (clean tree)" if dirty is False else "")
+    facts = [commit, str(part.get("date") or "date not recorded")]
+    if part.get("wall_s") is not None:
+        reused = float(part.get("reused_cpu_s") or 0.0)
+        facts.append(f"{float(part['wall_s']) / 60:.1f} min wall"
+                     + (f", {reused:.0f} CPU-s reused (--resume)" if reused > 0 else "")
+                     + f", utilisation {part.get('utilisation')}")
+    if with_machine:
+        facts.append(_machine_kind(part))
+    command = _command(part.get("argv")) or "(no argv in run_info.json)"
+    return [f"Seed(s) {seeds}: {'; '.join(facts)}.", "```", command, "```\n"]
+
+
 def section(results_dir: str, title: str | None = None, command: str | None = None, link_base: str | None = None,
             plots: bool = True) -> str:
     """The markdown section of ``results_dir`` (see the module docstring)."""
@@ -133,10 +167,12 @@ def section(results_dir: str, title: str | None = None, command: str | None = No
         n = len(info["parts"])
         lines.append(f"Run in {n} part{'s' if n != 1 else ''}, joined by `benchmarks/merge_runs.py` "
                      f"({info.get('date') or 'date not recorded'}).  ")
+        machines = {_machine_kind(part) for part in info["parts"]}
+        same = len(machines) == 1
+        if same:
+            lines.append(f"Machine of every part: {next(iter(machines))}.\n")
         for part in info["parts"]:
-            seeds = ", ".join(str(s) for s in part.get("seeds") or []) or "?"
-            lines.append(f"Seed(s) {seeds}:")
-            lines += _provenance(part, None)
+            lines += _part_line(part, with_machine=not same)
     else:
         lines += _provenance(info, command)
     lines.append(markdown_report(rows))

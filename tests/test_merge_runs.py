@@ -35,7 +35,7 @@ def _split(tmp_path: Path, groups: list[list[int]]) -> list[str]:
                        for t, ms in curves.items()}
         (folder / "curves.json").write_text(json.dumps(part_curves))
         (folder / "run_info.json").write_text(json.dumps({**info, "argv": [*info["argv"][:-2], "--out", str(folder)],
-                                                          "commit": f"{i:040d}"}))
+                                                          "commit": f"{i}" * 40}))
         trial = f"reward_lambda,bilevel,{seeds[0]},{{}},x"
         (folder / "trials.csv").write_text(f"task,method,seed,config,part{i}\n{trial}\n")
         folders.append(str(folder))
@@ -113,7 +113,8 @@ def test_the_script_and_the_section_name_every_part(tmp_path):
     assert text.count("python benchmarks/compare.py") == 2
     assert f"--out {parts[0]}" in text and f"--out {parts[1]}" in text
     assert "Seed(s) 0, 1, 2:" in text and "Seed(s) 3, 4:" in text
-    assert f"Commit `{0:040d}`" in text and f"Commit `{1:040d}`" in text
+    assert "Seed(s) 0, 1, 2: commit `000000000000`" in text and "Seed(s) 3, 4: commit `111111111111`" in text
+    assert text.count("Machine of every part: ") == 1  # said once: both parts ran on the same kind of machine
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "merge_runs.py"), parts[0], parts[0], "--out",
                           str(tmp_path / "x"), "--no-plots"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "is in both" in bad.stderr
