@@ -18,6 +18,8 @@ the probe. Development seeds (≥ 100) and the validation split only (docs/algor
 
     OMP_NUM_THREADS=1 python studies/train_vs_sample.py --seeds 100 101 --jobs 2 --out docs/studies/train_vs_sample.json
     python studies/train_vs_sample.py --preset smoke --seeds 100 --names end --out /tmp/tvs.json
+
+``--reuse FILE`` takes the rows an earlier run of the same preset, base and settings computed (e.g. to add branches).
 """
 from __future__ import annotations
 
@@ -47,8 +49,10 @@ def _probes(q0: dict[str, float], bounds: dict[str, tuple[float, float]], name: 
 
 
 def one_seed(seed: int, preset: str, base: dict[str, float], names: list[str], h: dict[str, float],
-             branches: list[float], override: dict[str, Any]) -> dict[str, Any]:
-    """The differences of every (coordinate, branch) at one development seed; see the module docstring."""
+             branches: list[float], override: dict[str, Any],
+             known: dict[tuple[str, float], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The differences of every (coordinate, branch) at one development seed; see the module docstring. ``known``:
+    rows of an earlier run of the same seed and settings (``--reuse``), taken as they are when their probes match."""
     import torch
 
     from ray_bilevel.tasks import get_task
@@ -93,6 +97,11 @@ def one_seed(seed: int, preset: str, base: dict[str, float], names: list[str], h
     for name in names:
         low, high = _probes(q0, root.schedule.bounds, name, h[name])
         for branch in branches:
+            earlier = (known or {}).get((name, branch))
+            if earlier is not None and (earlier["q_low"], earlier["q_high"]) == (low[name], high[name]):
+                rows.append({**earlier, "reused": True})
+                print(f"seed {seed} {name} branch {branch:g}: slope {earlier['slope']:.3g} (reused)", flush=True)
+                continue
             c0 = time.process_time()
             ends = {}
             for q in (low, high):
@@ -113,15 +122,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for seed in args.seeds:
         commit = start(seed, "studies/train_vs_sample.py (it informs hand choices)")
     h = {name: args.h for name in args.names} | json.loads(args.h_per)
-    jobs = [(s, args.preset, json.loads(args.base), args.names, h, args.branches, json.loads(args.override))
-            for s in args.seeds]
+    base, override = json.loads(args.base), json.loads(args.override)
+    known = _reusable(args.reuse, args.preset, base, override) if args.reuse else {}
+    jobs = [(s, args.preset, base, args.names, h, args.branches, override, known.get(s)) for s in args.seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             seeds = list(pool.map(one_seed, *zip(*jobs)))
     else:
         seeds = [one_seed(*job) for job in jobs]
     return {"command": "python studies/train_vs_sample.py " + " ".join(args.argv), "commit": commit,
-            "preset": args.preset, "h": h, "branches": args.branches, "seeds": seeds}
+            "preset": args.preset, "base": base, "override": override, "h": h, "branches": args.branches,
+            "seeds": seeds, "reused_from": None if not args.reuse else {"file": str(args.reuse), "commit": known_commit(
+                args.reuse)}}
+
+
+def _reusable(path: Path, preset: str, base: dict[str, Any],
+              override: dict[str, Any]) -> dict[int, dict[tuple[str, float], dict[str, Any]]]:
+    """The rows of an earlier run (``--reuse``) by seed and (coordinate, branch); refused unless it ran the same
+    preset, base schedule and settings (the training streams are seeded: its rows are what this run would compute)."""
+    earlier = json.loads(Path(path).read_text())
+    ran = (earlier.get("preset"), earlier.get("base", {}), earlier.get("override", {}))
+    if ran != (preset, base, override):
+        raise SystemExit(f"--reuse {path} ran preset/base/override {ran}, this run asks for "
+                         f"{(preset, base, override)}: its rows are not this run's; drop --reuse.")
+    return {s["seed"]: {(r["name"], float(r["branch"])): r for r in s["rows"]} for s in earlier["seeds"]}
+
+
+def known_commit(path: Path) -> str | None:
+    return json.loads(Path(path).read_text()).get("commit")
 
 
 def _label(branch: float) -> str:
@@ -173,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--base", default="{}", help="JSON of the base schedule (default: the task's default)")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once (one process and core each)")
     p.add_argument("--override", default="{}", help="JSON of extra task settings")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="an earlier JSON of the same preset, base and settings: its matching rows are not recomputed")
     args = p.parse_args(argv)
     args.argv, args.seeds = argv, args.seeds or [args.seed]
     if 0.0 not in args.branches:

@@ -50,3 +50,21 @@ def test_benchmark_seeds_and_a_missing_retrain_branch_are_refused(tmp_path):
         tvs.main(["--preset", "smoke", "--seeds", "3", "--out", str(tmp_path / "x.json")])
     with pytest.raises(SystemExit, match="include 0"):
         tvs.main(["--preset", "smoke", "--seeds", "100", "--branches", "1", "--out", str(tmp_path / "x.json")])
+
+
+def test_reuse_takes_the_matching_rows_and_refuses_other_settings(tmp_path):
+    """--reuse: the rows an earlier run of the same preset, base and settings computed are taken as they are (the
+    training streams are seeded), only the new branches are computed; another base is refused."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    tvs.main(["--preset", "smoke", "--seed", "100", "--names", "end", "--branches", "0", "1", "--out", str(a)])
+    tvs.main(["--preset", "smoke", "--seed", "100", "--names", "end", "--branches", "0", "0.5", "1",
+              "--reuse", str(a), "--out", str(b)])
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    old = {r["branch"]: r for r in ra["seeds"][0]["rows"]}
+    new = {r["branch"]: r for r in rb["seeds"][0]["rows"]}
+    assert [b for b, r in new.items() if r.get("reused")] == [0.0, 1.0]
+    assert new[0.0]["slope"] == old[0.0]["slope"] and "reused" not in new[0.5]
+    assert rb["reused_from"]["file"] == str(a)
+    with pytest.raises(SystemExit, match="drop --reuse"):
+        tvs.main(["--preset", "smoke", "--seed", "100", "--names", "end", "--base", '{"end": 0.95}',
+                  "--reuse", str(a), "--out", str(tmp_path / "c.json")])
