@@ -179,7 +179,9 @@ def render(result: dict[str, Any]) -> str:
     lines.append("")
     counts = ", ".join(f"{_label(b)} {sum(v)}/{len(v)}" for b, v in agree.items() if v)
     base = result["seeds"][0]
-    lines.append(f"Cells: slope of validation domain FID (EMA network, fixed validation noise) per unit of the "
+    raw = (result.get("override") or {}).get("ema_decay") == 0
+    network = "the raw network: ema_decay = 0" if raw else "EMA network"
+    lines.append(f"Cells: slope of validation domain FID ({network}, fixed validation noise) per unit of the "
                  f"coordinate between the two schedules named in the first column (lower is better: a negative "
                  f"slope says move up); ✓/✗: same sign as retraining. Sign agreement with retraining: {counts}. "
                  f"Base schedule {base['q0']}, {base['lower_budget']} lower steps, preset {result['preset']}, "
