@@ -24,6 +24,7 @@ the probe. Development seeds (≥ 100) and the validation split only (docs/algor
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -72,10 +73,10 @@ def one_seed(seed: int, preset: str, base: dict[str, float], names: list[str], h
     states: dict[int, Any] = {}
     for _ in range(budget):
         root.lower_step()
-        if root.lower_steps in stops:
-            states[root.lower_steps] = root.state_dict()
+        if root.lower_steps in stops:  # a snapshot: state_dict() holds the live tensors, which training moves on
+            states[root.lower_steps] = copy.deepcopy(root.state_dict())
     base_value = root.evaluate()["fid_domain_val"]
-    trained = root.state_dict()
+    trained = copy.deepcopy(root.state_dict())
     print(f"seed {seed}: trained at {q0} for {budget} steps, val domain FID {base_value:.2f} "
           f"({time.process_time() - t0:.0f} CPU-s)", flush=True)
 
@@ -85,9 +86,9 @@ def one_seed(seed: int, preset: str, base: dict[str, float], names: list[str], h
             task.load_state_dict(trained)
         elif branch <= 0:  # retrain at q from scratch
             task = fresh(q)
-        else:  # switch: q0 until the branch point, then q
+        else:  # switch: q0 until the branch point, then q (a copy: branches must not share optimiser tensors)
             task = fresh(q0)
-            task.load_state_dict(states[round(branch * budget)])
+            task.load_state_dict(copy.deepcopy(states[round(branch * budget)]))
         task.set_hyperparameters(q)
         while task.lower_steps < budget:
             task.lower_step()
@@ -187,6 +188,8 @@ def render(result: dict[str, Any]) -> str:
                  f"Base schedule {base['q0']}, {base['lower_budget']} lower steps, preset {result['preset']}, "
                  f"development seeds {[s['seed'] for s in result['seeds']]}, val FID at the base "
                  f"{[round(s['fid_q0'], 1) for s in result['seeds']]}; commit {result['commit']}.")
+    if result.get("note"):
+        lines.append(f"Note: {result['note']}.")
     return "\n".join(lines) + "\n"
 
 

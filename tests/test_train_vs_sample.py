@@ -68,3 +68,25 @@ def test_reuse_takes_the_matching_rows_and_refuses_other_settings(tmp_path):
     with pytest.raises(SystemExit, match="drop --reuse"):
         tvs.main(["--preset", "smoke", "--seed", "100", "--names", "end", "--base", '{"end": 0.95}',
                   "--reuse", str(a), "--out", str(tmp_path / "c.json")])
+
+
+def test_a_switch_branch_trains_from_the_snapshot_at_its_switch_point(tmp_path):
+    """Golden: the switch-at-0.5 probe equals training at the base for half the budget, then at the moved schedule
+    to the end, by hand. (A snapshot that held the live tensors let the switch start from the fully trained
+    network: training past the budget, which made every moved schedule look better.)"""
+    from ray_bilevel.tasks import get_task
+
+    out = tmp_path / "s.json"
+    tvs.main(["--preset", "smoke", "--seed", "100", "--names", "end", "--h", "0.05", "--base", '{"end": 0.9}',
+              "--branches", "0", "0.5", "--out", str(out)])
+    row = next(r for r in json.loads(out.read_text())["seeds"][0]["rows"] if r["branch"] == 0.5)
+    task = get_task("noise_schedule")({"task": "noise_schedule", "preset": "smoke", "seed": 100})
+    task.set_hyperparameters({"end": 0.9})
+    half = round(0.5 * task.lower_budget)
+    for _ in range(half):
+        task.lower_step()
+    task.set_hyperparameters({"end": 0.95})
+    while task.lower_steps < task.lower_budget:
+        task.lower_step()
+    assert row["q_high"] == pytest.approx(0.95)
+    assert row["fid_high"] == pytest.approx(task.evaluate()["fid_domain_val"], rel=1e-9)
