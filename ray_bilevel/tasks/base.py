@@ -129,7 +129,9 @@ class Task(abc.ABC):
     # -- state ----------------------------------------------------------------------------
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue identically (weights_only-loadable values)."""
+        """Everything needed to continue identically (weights_only-loadable values). Like torch's ``state_dict``,
+        the values may be the task's live tensors (weights, optimiser state), which later steps change in place: save
+        it at once, or ``copy.deepcopy`` it to keep a snapshot in memory."""
 
     @abc.abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
