@@ -61,3 +61,56 @@ def parser(doc: str | None, out: str) -> Any:
     p.add_argument("--out", type=Path, default=Path(out))
     p.add_argument("--render-only", action="store_true", help="print the table of --out and exit")
     return p
+
+
+def schedule_options(p: Any, move: str) -> None:
+    """The options of a study that moves noise-schedule coordinates on several development seeds: ``--seeds``,
+    ``--names``, ``--h`` / ``--h-per`` (``move`` says what h is), ``--base``, ``--jobs``, ``--override``."""
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="development seeds (>= 100); default --seed")
+    p.add_argument("--names", nargs="+", default=["start", "end", "tau"],
+                   help="coordinates to move (eps moves the cosine like start: docs/studies/zo_snr)")
+    p.add_argument("--h", type=float, default=0.1, help=f"{move} of every coordinate")
+    p.add_argument("--h-per", default="{}", help='JSON of per-coordinate values of h, e.g. {"tau": 0.2}')
+    p.add_argument("--base", default="{}", help="JSON of the base schedule (default: the task's default)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at once (one process and core each)")
+    p.add_argument("--override", default="{}", help="JSON of extra task settings")
+
+
+def map_seeds(fn: Any, jobs: list[tuple[Any, ...]], workers: int) -> list[Any]:
+    """``fn(*job)`` for every job (one per seed), ``workers`` processes at once (1: in this process)."""
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fn, *zip(*jobs)))
+    return [fn(*job) for job in jobs]
+
+
+def schedule_args(args: Any, what: str) -> tuple[str | None, dict[str, float], dict[str, Any], dict[str, Any]]:
+    """Check every seed of ``args`` (options of :func:`schedule_options`) is a development seed; return the commit,
+    the move h per coordinate, the base schedule and the extra task settings."""
+    import json
+
+    commit = None
+    for seed in args.seeds:
+        commit = start(seed, what)
+    h = {name: args.h for name in args.names} | json.loads(args.h_per)
+    return commit, h, json.loads(args.base), json.loads(args.override)
+
+
+def schedule_maker(preset: str, seed: int, override: dict[str, Any]) -> Any:
+    """``fresh(q)``: a new noise-schedule task of ``preset`` and ``seed`` (``override`` settings) at the schedule
+    ``q``, in a process set to one torch thread (a study's worker owns one core)."""
+    import torch
+
+    from ray_bilevel.tasks import get_task
+
+    torch.set_num_threads(1)
+    config = {"task": "noise_schedule", "preset": preset, "seed": seed, **override}
+
+    def fresh(q: dict[str, float]) -> Any:
+        task = get_task("noise_schedule")(config)
+        task.set_hyperparameters(q)
+        return task
+
+    return fresh

@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _dev import parser, run_or_render, start  # noqa: E402
+from _dev import map_seeds, parser, run_or_render, schedule_args, schedule_maker, schedule_options  # noqa: E402
 
 
 def moved(q0: dict[str, float], bounds: dict[str, tuple[float, float]], name: str, h: float) -> dict[str, float]:
@@ -66,18 +64,9 @@ def stepped(q0: dict[str, float], branches: dict[str, dict[str, Any]], base_valu
 def one_seed(seed: int, preset: str, base: dict[str, float], names: list[str], h: dict[str, float], fork: float,
              scales: list[float], retrain: bool, override: dict[str, Any]) -> dict[str, Any]:
     """Steps 1-4 of the module docstring at one development seed."""
-    import torch
-
     from ray_bilevel import cost
-    from ray_bilevel.tasks import get_task
 
-    torch.set_num_threads(1)
-    config = {"task": "noise_schedule", "preset": preset, "seed": seed, **override}
-
-    def fresh(q: dict[str, float]) -> Any:
-        task = get_task("noise_schedule")(config)
-        task.set_hyperparameters(q)
-        return task
+    fresh = schedule_maker(preset, seed, override)
 
     def run_to_end(task: Any, meter: cost.FlopMeter) -> float:
         with cost.metering(meter):
@@ -134,17 +123,9 @@ def one_seed(seed: int, preset: str, base: dict[str, float], names: list[str], h
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    commit = None
-    for seed in args.seeds:
-        commit = start(seed, "studies/fork_step.py (it informs hand choices)")
-    h = {name: args.h for name in args.names} | json.loads(args.h_per)
-    jobs = [(s, args.preset, json.loads(args.base), args.names, h, args.fork, args.scales, args.retrain,
-             json.loads(args.override)) for s in args.seeds]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            seeds = list(pool.map(one_seed, *zip(*jobs)))
-    else:
-        seeds = [one_seed(*job) for job in jobs]
+    commit, h, base, override = schedule_args(args, "studies/fork_step.py (it informs hand choices)")
+    jobs = [(s, args.preset, base, args.names, h, args.fork, args.scales, args.retrain, override) for s in args.seeds]
+    seeds = map_seeds(one_seed, jobs, args.jobs)
     return {"command": "python studies/fork_step.py " + " ".join(args.argv), "commit": commit, "preset": args.preset,
             "fork": args.fork, "h": h, "scales": args.scales, "seeds": seeds}
 
@@ -175,18 +156,11 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser(__doc__, "results/fork_step.json")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="development seeds (>= 100); default --seed")
-    p.add_argument("--names", nargs="+", default=["start", "end", "tau"],
-                   help="coordinates to branch on (eps moves the cosine like start: docs/studies/zo_snr)")
-    p.add_argument("--h", type=float, default=0.1, help="move of every coordinate's branch")
-    p.add_argument("--h-per", default="{}", help='JSON of per-coordinate moves, e.g. {"tau": 0.5}')
+    schedule_options(p, "move of the branch")
     p.add_argument("--fork", type=float, default=0.75, help="fraction of the budget trained before the branches")
     p.add_argument("--scales", nargs="+", type=float, default=[1.0, 2.0],
                    help="step = scale × the improving branches' moves; one finish per scale")
     p.add_argument("--retrain", action="store_true", help="also train each stepped schedule from scratch")
-    p.add_argument("--base", default="{}", help="JSON of the base schedule (default: the task's default)")
-    p.add_argument("--jobs", type=int, default=1, help="seeds run at once (one process and core each)")
-    p.add_argument("--override", default="{}", help="JSON of extra task settings")
     args = p.parse_args(argv)
     args.argv, args.seeds = argv, args.seeds or [args.seed]
     run_or_render(lambda: run(args), render, args.out, args.render_only)

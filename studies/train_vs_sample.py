@@ -29,14 +29,13 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _dev import parser, run_or_render, start  # noqa: E402
+from _dev import map_seeds, parser, run_or_render, schedule_args, schedule_maker, schedule_options  # noqa: E402
 
 
 def _probes(q0: dict[str, float], bounds: dict[str, tuple[float, float]], name: str,
@@ -54,17 +53,7 @@ def one_seed(seed: int, preset: str, base: dict[str, float], names: list[str], h
              known: dict[tuple[str, float], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The differences of every (coordinate, branch) at one development seed; see the module docstring. ``known``:
     rows of an earlier run of the same seed and settings (``--reuse``), taken as they are when their probes match."""
-    import torch
-
-    from ray_bilevel.tasks import get_task
-
-    torch.set_num_threads(1)
-    config = {"task": "noise_schedule", "preset": preset, "seed": seed, **override}
-
-    def fresh(q: dict[str, float]) -> Any:
-        task = get_task("noise_schedule")(config)
-        task.set_hyperparameters(q)
-        return task
+    fresh = schedule_maker(preset, seed, override)
 
     t0 = time.process_time()
     root = fresh(base)
@@ -119,18 +108,10 @@ def one_seed(seed: int, preset: str, base: dict[str, float], names: list[str], h
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    commit = None
-    for seed in args.seeds:
-        commit = start(seed, "studies/train_vs_sample.py (it informs hand choices)")
-    h = {name: args.h for name in args.names} | json.loads(args.h_per)
-    base, override = json.loads(args.base), json.loads(args.override)
+    commit, h, base, override = schedule_args(args, "studies/train_vs_sample.py (it informs hand choices)")
     known = _reusable(args.reuse, args.preset, base, override) if args.reuse else {}
     jobs = [(s, args.preset, base, args.names, h, args.branches, override, known.get(s)) for s in args.seeds]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            seeds = list(pool.map(one_seed, *zip(*jobs)))
-    else:
-        seeds = [one_seed(*job) for job in jobs]
+    seeds = map_seeds(one_seed, jobs, args.jobs)
     return {"command": "python studies/train_vs_sample.py " + " ".join(args.argv), "commit": commit,
             "preset": args.preset, "base": base, "override": override, "h": h, "branches": args.branches,
             "seeds": seeds, "reused_from": None if not args.reuse else {"file": str(args.reuse), "commit": known_commit(
@@ -196,16 +177,9 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser(__doc__, "results/train_vs_sample.json")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="development seeds (>= 100); default --seed")
-    p.add_argument("--names", nargs="+", default=["start", "end", "tau"],
-                   help="coordinates to move (eps moves the cosine like start: docs/studies/zo_snr)")
-    p.add_argument("--h", type=float, default=0.1, help="step of every coordinate")
-    p.add_argument("--h-per", default="{}", help='JSON of per-coordinate steps, e.g. {"tau": 0.2}')
+    schedule_options(p, "step")
     p.add_argument("--branches", nargs="+", type=float, default=[0.0, 0.75, 1.0],
                    help="fractions of training at the base before the switch (0: retrain, 1: sample only)")
-    p.add_argument("--base", default="{}", help="JSON of the base schedule (default: the task's default)")
-    p.add_argument("--jobs", type=int, default=1, help="seeds run at once (one process and core each)")
-    p.add_argument("--override", default="{}", help="JSON of extra task settings")
     p.add_argument("--reuse", type=Path, default=None,
                    help="an earlier JSON of the same preset, base and settings: its matching rows are not recomputed")
     args = p.parse_args(argv)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ray_bilevel.benchmark.outputs import COLUMNS, write_summary
+from ray_bilevel.benchmark.outputs import COLUMNS, write_csv, write_summary
 from ray_bilevel.benchmark.store import atomic_write_json, read_json
 from ray_bilevel.benchmark.tables import markdown_report
 from ray_bilevel.config import ConfigError
@@ -98,15 +97,6 @@ def _write_trials(path: str, trials: Sequence[dict[str, str]]) -> None:
         writer.writerows(trials)
 
 
-def _write_results_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v)
-                             for k, v in r.items()})
-
-
 def merge_runs(folders: Sequence[str], out: str, plots: bool = True) -> str:
     """Join the results folders ``folders`` (each written by ``compare.py --seeds ...``) into ``out``; returns the
     multi-seed table (also written to ``out/table.md``).
@@ -141,7 +131,7 @@ def merge_runs(folders: Sequence[str], out: str, plots: bool = True) -> str:
     shas = {p.get("commit") for p in parts}
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "results.json"), rows, indent=1, allow_nan=False)
-    _write_results_csv(os.path.join(out, "results.csv"), rows)
+    write_csv(os.path.join(out, "results.csv"), rows, COLUMNS)
     _write_trials(os.path.join(out, "trials.csv"), trials)
     atomic_write_json(os.path.join(out, "curves.json"), curves, indent=1, allow_nan=False)
     write_summary(rows, out)

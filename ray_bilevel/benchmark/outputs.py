@@ -28,7 +28,7 @@ from ray_bilevel.benchmark.tables import REFERENCE, markdown_report, markdown_ta
 if TYPE_CHECKING:
     from ray_bilevel.benchmark.bench_config import BenchmarkConfig
 
-__all__ = ["COLUMNS", "write_outputs", "write_summary", "git_commit"]
+__all__ = ["COLUMNS", "write_csv", "write_outputs", "write_summary", "git_commit"]
 
 #: Columns of results.csv, in order (results.json objects carry the same keys and more: ``curve``, ``sweep``,
 #: ``settings``... go only to JSON). Test metrics, then their validation twins (``_val``).
@@ -47,7 +47,8 @@ def write_summary(rows: Sequence[dict[str, Any]], out: str, reference: str = REF
     return path
 
 
-def _write_csv(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+def write_csv(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """``rows`` as CSV with ``columns`` (others dropped; dicts and lists as JSON, None as empty)."""
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
@@ -104,11 +105,11 @@ def write_outputs(runs: Sequence[MethodRun], cfg: BenchmarkConfig, efficiency: d
     rows = [_clean({**{c: r.row.get(c) for c in COLUMNS + extra}, **r.row, "final_metrics": r.final_metrics or None})
             for r in runs]
     atomic_write_json(os.path.join(out, "results.json"), rows, indent=1, allow_nan=False)
-    _write_csv(os.path.join(out, "results.csv"), rows, COLUMNS)
+    write_csv(os.path.join(out, "results.csv"), rows, COLUMNS)
     first = ("task", "method", "seed", "config", "iterations", "time_total_s", "error")
     trials = [{"task": r.row["task"], "method": r.row["method"], "seed": r.row.get("seed"), **t}
               for r in runs for t in r.trials]
-    _write_csv(os.path.join(out, "trials.csv"), _clean(trials),
+    write_csv(os.path.join(out, "trials.csv"), _clean(trials),
                first + tuple(dict.fromkeys(k for t in trials for k in t if k not in first)))
     curves: dict[str, dict[str, Any]] = {}  # task -> method -> seed -> the anytime curve
     for r in runs:
