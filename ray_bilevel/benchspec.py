@@ -19,8 +19,8 @@ PAPER_METHODS = ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy
 #: Methods the benchmark can run on any task with a search space (``default`` and ``bilevel`` on any task): the paper's,
 #: and the peers a practitioner picks today (multi-fidelity ASHA, Optuna's TPE and GP samplers, PB2), and the population
 #: methods' schedules replayed from scratch.
-GENERIC_METHODS = (*PAPER_METHODS, "bilevel_retrain", "asha", "optuna_tpe", "optuna_gp", "pb2", "pbt_replay",
-                   "pb2_replay")
+GENERIC_METHODS = (*PAPER_METHODS, "bilevel_retrain", "bilevel_fork", "asha", "optuna_tpe", "optuna_gp", "pb2",
+                   "pbt_replay", "pb2_replay")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +38,16 @@ class BenchmarkSpec:
             :func:`~ray_bilevel.space.space_filling_points`, as the noise schedule does).
         task_methods: baselines of the task's own beyond :data:`GENERIC_METHODS`, by method name (e.g. the λ task's
             weighted sum).
+        fork_moves: the coordinates the ``bilevel_fork`` method probes and their moves (``{name: h}``, chosen on
+            development seeds; ``None``: every parameter of the search space, 10 % of its range;
+            :class:`~ray_bilevel.tune.fork.ForkStepTrainable`).
     """
 
     baselines: tuple[str, ...] = PAPER_METHODS
     budgets: Mapping[str, Budget] = dataclasses.field(default_factory=dict)
     oracle: Callable[[str], list[dict[str, float]]] | None = None
     task_methods: Mapping[str, TaskMethod] = dataclasses.field(default_factory=dict)
+    fork_moves: Mapping[str, float] | None = None
 
     def budget(self, preset: str) -> Budget:
         """The budget at ``preset`` (trials per searcher, Tune iterations per trial, overrides)."""

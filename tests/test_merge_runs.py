@@ -71,6 +71,32 @@ def test_a_joined_folder_joins_again_and_keeps_every_part(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads((RUN / "summary.json").read_text())
 
 
+def test_a_part_that_adds_a_method_gets_its_regret_from_the_other_parts_oracle(tmp_path):
+    """``compare.py --methods NEW --seeds ...`` beside a run of the others: the new method's rows have no oracle in
+    their own part (regret None there); joined, they get the regret an all-method run computes."""
+    rows = json.loads((RUN / "results.json").read_text())
+    curves = json.loads((RUN / "curves.json").read_text())
+    folders = []
+    for name, keep in (("others", lambda r: r["method"] != "bilevel"), ("new", lambda r: r["method"] == "bilevel")):
+        folder = tmp_path / name
+        folder.mkdir()
+        part = [dict(r, regret=None) if name == "new" else r for r in rows if keep(r)]
+        (folder / "results.json").write_text(json.dumps(part))
+        (folder / "curves.json").write_text(json.dumps(
+            {t: {m: c for m, c in ms.items() if keep({"method": m})} for t, ms in curves.items()}))
+        folders.append(str(folder))
+    merge_runs(folders, str(tmp_path / "joined"), plots=False)
+    def unordered(summary):  # the new method's rows come last: compare the entries, not their order
+        return {k: sorted(json.dumps(e, sort_keys=True) for e in v) if isinstance(v, list) else v
+                for k, v in summary.items()}
+
+    joined = json.loads((tmp_path / "joined" / "summary.json").read_text())
+    assert unordered(joined) == unordered(json.loads((RUN / "summary.json").read_text()))
+    regrets = {(r["method"], r["seed"]): r["regret"] for r in json.loads((tmp_path / "joined" / "results.json")
+                                                                       .read_text())}
+    assert all(regrets[("bilevel", r["seed"])] == pytest.approx(r["regret"]) for r in rows if r["method"] == "bilevel")
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda rows: rows, "is in both"),
     (lambda rows: [{**r, "preset": "smoke"} for r in rows], "preset"),

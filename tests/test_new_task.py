@@ -121,8 +121,8 @@ def test_the_task_declares_what_the_harness_needs():
     from ray_bilevel.benchmark.methods import methods_for, offered_methods
 
     assert offered_methods(LineTask) == ("default", "bilevel", "grid", "random", "bayes", "tpe", "greedy", "pbt",
-                                         "dense", "bilevel_retrain", "asha", "optuna_tpe", "optuna_gp", "pb2",
-                                         "pbt_replay", "pb2_replay", "shifted_grid")
+                                         "dense", "bilevel_retrain", "bilevel_fork", "asha", "optuna_tpe", "optuna_gp",
+                                         "pb2", "pbt_replay", "pb2_replay", "shifted_grid")
     assert methods_for(LineTask) == LineTask.benchmark.baselines
     assert LineTask.metric_mode("distance") == "min" and LineTask.metric_mode("upper") == "min"
 

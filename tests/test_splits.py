@@ -199,7 +199,7 @@ def test_every_harness_method_trial_stays_off_the_test_split(task_name, method, 
     from ray.tune.schedulers import PopulationBasedTraining
 
     from ray_bilevel.benchmark.methods import build_experiment
-    from ray_bilevel.benchmark.trainables import BenchBilevelTrainable, BenchFixedTrainable
+    from ray_bilevel.benchmark.trainables import trainable_class
     from ray_bilevel.tasks import task_ref
 
     _forbid_test(monkeypatch)
@@ -209,7 +209,7 @@ def test_every_harness_method_trial_stays_off_the_test_split(task_name, method, 
                             budget=cls.benchmark.budget("smoke"), seed=0, max_concurrent=1)
     trial_cls = get_task(spec.trial_task or task_name)
     forbidden = {trial_cls.metric, cls.metric, "fid", "is"}
-    trainable_cls = BenchBilevelTrainable if spec.bilevel else BenchFixedTrainable
+    trainable_cls = trainable_class(spec.bilevel, spec.param_space)
     configs = _trial_configs(spec, 1 if method in ("default", "bilevel") else 2)
     config, trainable, checkpoint, ran = next(configs), None, None, 0
     while True:

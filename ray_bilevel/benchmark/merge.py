@@ -1,4 +1,5 @@
-"""Join results folders of ``benchmarks/compare.py`` that ran different seeds into one multi-seed folder.
+"""Join results folders of ``benchmarks/compare.py`` that ran different seeds (or other methods on the same seeds)
+into one multi-seed folder.
 
 A five-seed comparison on two cores takes hours per seed; it is natural to run the seeds apart (one per machine,
 one per session, one per Ray cluster job) and report them together. :func:`merge_runs` reads each part's
@@ -9,8 +10,11 @@ one per session, one per Ray cluster job) and report them together. :func:`merge
 and the summary plots. ``run_info.json`` keeps every part's command, commit, date and efficiency figures under
 ``parts``, so the section that ``benchmarks/benchmarks_md.py`` writes names each command that produced a number.
 
-Nothing is recomputed: each row's regret was taken against the dense sweep of its own seed in its own part, which
-is the reference a single all-seed run uses too (regret is per seed).
+A part may also add methods to seeds another part ran (``compare.py --methods NEW --seeds 0,1,2``: a method that
+landed after the others, without rerunning them or the oracle). Regret is per seed: each row's is taken (again)
+against the oracle answer (``dense``) of its task and seed, wherever that row came from, which is what a single
+all-seed run computes (:func:`~ray_bilevel.benchmark.evaluation.add_regret`); rows of a seed no part ran the
+oracle on keep theirs.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ray_bilevel.benchmark.evaluation import add_regret
 from ray_bilevel.benchmark.outputs import COLUMNS, write_csv, write_summary
 from ray_bilevel.benchmark.store import atomic_write_json, read_json
 from ray_bilevel.benchmark.tables import markdown_report
@@ -115,6 +120,7 @@ def merge_runs(folders: Sequence[str], out: str, plots: bool = True) -> str:
     read = [(f, *_read_part(f)) for f in folders]
     _check([(f, rows) for f, rows, *_ in read])
     rows = _in_run_order([r for _, part_rows, *_ in read for r in part_rows])
+    add_regret(rows)  # a part that added methods to a seed has no oracle of its own
     curves: dict[str, dict[str, dict[str, Any]]] = {}
     for _, _, _, part_curves, _ in read:
         for task, methods in part_curves.items():
@@ -127,6 +133,7 @@ def merge_runs(folders: Sequence[str], out: str, plots: bool = True) -> str:
             parts += [dict(p) for p in info["parts"]]
         else:
             parts.append({"folder": f, "seeds": sorted({r.get("seed") for r in part_rows}, key=str),
+                          "methods": list(dict.fromkeys(str(r.get("method")) for r in part_rows)),
                           **{k: info[k] for k in PART_KEYS if k in info}})
     shas = {p.get("commit") for p in parts}
     os.makedirs(out, exist_ok=True)

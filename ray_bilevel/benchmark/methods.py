@@ -16,6 +16,10 @@ bilevel_retrain  learn, then retrain: one BilevelTrainable trial with ``retrain=
                schedule's quick preset, Adam on a coordinate-wise central-difference zeroth-order gradient of validation
                domain FID (the penalty term of eq. (4), measured, is 3.6e-5 of it); eq. (4) with a
                working penalty is the variant ``z_fid_grad="surrogate"`` (docs/noise_schedule.md)
+bilevel_fork   one ForkStepTrainable trial: train at the default to 75 %, one branch per probed coordinate (and one
+               at the default) for the rest, a sign step of 2 × each improving branch's move, then a fresh
+               training at the stepped hyperparameters, kept if it beats the default branch on validation
+               (:mod:`ray_bilevel.tune.fork`; the moves: ``Task.benchmark.fork_moves``)
 grid           FixedHyperTrainable + ``tune.grid_search`` (1-D: ``trials`` points)
 random         FixedHyperTrainable + Tune's random search over the task's ranges
 bayes          FixedHyperTrainable + :class:`~ray_bilevel.tune.SkoptSearcher` (gp_minimize)
@@ -56,7 +60,11 @@ from ray_bilevel.tune.searchers import METHODS as SEARCH_METHODS, make_searcher,
 from ray_bilevel.tune.spaces import tune_domains
 
 __all__ = ["GENERIC_METHODS", "methods_for", "offered_methods", "ExperimentSpec", "build_experiment",
-           "iterations_per_step"]
+           "iterations_per_step", "FORK_FRACTION", "FORK_SCALE"]
+
+#: ``bilevel_fork``: the share of training before the branches and the step's multiple of the probe moves, chosen on
+#: development seeds 100-101 with ``studies/fork_step.py`` (scale 2 beat scale 1 on both; docs/algorithms.md).
+FORK_FRACTION, FORK_SCALE = 0.75, 2.0
 
 
 def offered_methods(task: Any) -> tuple[str, ...]:
@@ -129,6 +137,11 @@ def build_experiment(
         return ExperimentSpec(name, method, method == "bilevel", base, metric, mode)
     if method == "bilevel_retrain":  # learn, then retrain: one BilevelTrainable trial with retrain=True
         return ExperimentSpec(name, method, True, {**base, "retrain": True}, metric, mode)
+    if method == "bilevel_fork":  # the forked-training step, then a retrain (ray_bilevel.tune.fork)
+        fork: dict[str, Any] = {"fork": FORK_FRACTION, "fork_scale": FORK_SCALE, "retrain": True}
+        if cls.benchmark.fork_moves is not None:
+            fork["fork_moves"] = dict(cls.benchmark.fork_moves)
+        return ExperimentSpec(name, method, True, {**base, **fork}, metric, mode)
     own = cls.benchmark.task_methods
     if method in own:
         tm = own[method]

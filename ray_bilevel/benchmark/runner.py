@@ -44,7 +44,7 @@ from ray_bilevel.benchmark.resume import (
 )
 from ray_bilevel.benchmark.snapshot import StateSnapshot, restore_snapshot
 from ray_bilevel.benchmark.summary import ROW_METRICS, MethodRun, summarise, trial_cost
-from ray_bilevel.benchmark.trainables import BenchBilevelTrainable, BenchFixedTrainable
+from ray_bilevel.benchmark.trainables import trainable_class
 from ray_bilevel.config import ConfigError
 from ray_bilevel.space import Budget
 from ray_bilevel.tasks import get_task, task_ref
@@ -74,7 +74,7 @@ def run_method(
     seed = int(base.get("seed", cfg.seed))
     spec = build_experiment(task, method, base, metric, mode, trials, profile, seed, max_concurrent)
     task = spec.task  # its name, for folders and logs
-    cls = BenchBilevelTrainable if spec.bilevel else BenchFixedTrainable
+    cls = trainable_class(spec.bilevel, spec.param_space)
     trainable = tune.with_resources(cls, dict(_ray_resources(cfg.resources)))
     name = method_name(storage, f"{task}-{method}-s{seed}", spec.trials, cfg.resume)
     path = _experiment_path(storage, name)
@@ -86,7 +86,7 @@ def run_method(
     if spec.scheduler is not None:
         random.seed(seed)  # PBT's explore draws from `random` / numpy's global generator
         np.random.seed(seed)
-    trainable_name = "BilevelTrainable" if spec.bilevel else "FixedHyperTrainable"
+    trainable_name = cls.__name__.replace("Bench", "")
     log(f"{task} / {method} / seed {seed}: {spec.trials} trial(s) of {trainable_name}"
         + (f" + {type(spec.searcher or spec.search_alg).__name__}" if spec.search_alg is not None else "")
         + (f" + {type(spec.scheduler).__name__}" if spec.scheduler is not None else ""))

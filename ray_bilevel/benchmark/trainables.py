@@ -14,11 +14,14 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from typing import Any
 
+from ray_bilevel.tune.fork import ForkStepTrainable
 from ray_bilevel.tune.trainable import BilevelTrainable, FixedHyperTrainable
 
-__all__ = ["BenchBilevelTrainable", "BenchFixedTrainable", "final_evaluation"]
+__all__ = ["BenchBilevelTrainable", "BenchFixedTrainable", "BenchForkTrainable", "trainable_class",
+           "final_evaluation"]
 
 #: Largest exported file returned by :func:`final_evaluation` (bytes).
 MAX_EXPORT_BYTES = 8 * 2**20
@@ -49,6 +52,18 @@ class BenchBilevelTrainable(_Fresh, BilevelTrainable):
     """:class:`~ray_bilevel.tune.BilevelTrainable` for the benchmark (see the module docstring)."""
 
 
+class BenchForkTrainable(_Fresh, ForkStepTrainable):
+    """:class:`~ray_bilevel.tune.ForkStepTrainable` for the benchmark (see the module docstring)."""
+
+
+def trainable_class(bilevel: bool, config: Mapping[str, Any]) -> type:
+    """The benchmark's trainable of a method's trials: the bilevel kinds (a ``fork`` key selects the forked-training
+    step) or the fixed-hyperparameter trial."""
+    if not bilevel:
+        return BenchFixedTrainable
+    return BenchForkTrainable if "fork" in config else BenchBilevelTrainable
+
+
 def final_evaluation(bilevel: bool, config: dict[str, Any], checkpoint: Any, full: bool = True,
                      export: bool = True) -> dict[str, Any]:
     """Restore a trial from ``checkpoint`` (a ``tune.Checkpoint``), run ``Task.evaluate_test(full)`` (the reporting
@@ -56,7 +71,7 @@ def final_evaluation(bilevel: bool, config: dict[str, Any], checkpoint: Any, ful
     bytes (so a remote worker can ship them to the driver), the seconds and the process CPU-seconds it took. Run it
     as a Ray task with the trial's resources."""
     t0, c0 = time.perf_counter(), time.process_time()
-    cls = BenchBilevelTrainable if bilevel else BenchFixedTrainable
+    cls = trainable_class(bilevel, config)
     trainable = cls(config={k: v for k, v in config.items() if k != "test_at_end"})
     with checkpoint.as_directory() as directory:
         trainable.load_checkpoint(directory)

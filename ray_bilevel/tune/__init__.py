@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray_bilevel.tune.fork import ForkStepTrainable
 from ray_bilevel.tune.trainable import BilevelTrainable, FixedHyperTrainable
 
-__all__ = ["BilevelTrainable", "FixedHyperTrainable", "SkoptSearcher", "GreedyGridSearcher", "make_searcher"]
+__all__ = ["BilevelTrainable", "FixedHyperTrainable", "ForkStepTrainable", "SkoptSearcher", "GreedyGridSearcher",
+           "make_searcher"]
 
 _SEARCHERS = ("SkoptSearcher", "GreedyGridSearcher", "make_searcher")
 

@@ -22,6 +22,8 @@ through the Task protocol. Config keys read here (everything else goes to the ta
 ``hyper_schedule``           FixedHyperTrainable: ``[[iteration, {name: value}], ...]``, hyperparameters that change
                              after that many Tune iterations (a PBT / PB2 schedule replayed from scratch,
                              :mod:`ray_bilevel.tune.replay`; default: none)
+``fork``, ``fork_moves``,    :class:`~ray_bilevel.tune.fork.ForkStepTrainable`: the forked-training step (see there)
+``fork_scale``
 ``test_at_end``              add the task's reporting metrics (``Task.evaluate_test``: the test split) to the
                              last report (default False: a searcher selecting on them would tune on the test
                              split; select on ``Task.tuning_metric()``, the validation twin)
@@ -54,7 +56,7 @@ from ray_bilevel.tune.replay import check_schedule, scheduled_values
 __all__ = ["BilevelTrainable", "FixedHyperTrainable", "TRAINABLE_KEYS", "CHECKPOINT_FILE"]
 
 TRAINABLE_KEYS = frozenset({"iterations_per_step", "lower_steps_per_iteration", "eval_every", "final_every",
-                            "test_at_end", "retrain", "hyper_schedule"})
+                            "test_at_end", "retrain", "hyper_schedule", "fork", "fork_moves", "fork_scale"})
 CHECKPOINT_FILE = "ray_bilevel_state.pt"
 _LEARNED_FILE = "ray_bilevel_learned.json"  # BilevelTrainable(retrain=True): the hyperparameters it retrains at
 _FORMAT = "ray_bilevel.trainable/1"
@@ -103,6 +105,11 @@ class _TaskTrainable(tune.Trainable):
     def _work(self) -> dict[str, float]:
         raise NotImplementedError
 
+    def _evaluation(self, final: bool) -> dict[str, float]:
+        """The validation metrics this report carries (``Task.evaluate``; a trainable that evaluates inside its work
+        returns those)."""
+        return self.task.evaluate(final=final)
+
     def work_fraction(self) -> float:
         """The share of the trial's complete run done, for progress estimates (the units of work are alike)."""
         return self.work_done / max(1, self._budget())
@@ -129,7 +136,7 @@ class _TaskTrainable(tune.Trainable):
             n = self.iteration + 1  # Tune's counter is incremented after step() returns
             final = done or (self.final_every > 0 and n % self.final_every == 0)
             if final or n % self.eval_every == 0:
-                self._last_eval = self.task.evaluate(final=final)
+                self._last_eval = self._evaluation(final)
         spent = time.process_time() - cpu0
         self.cpu_s += spent
         cpu_step, self._cpu_unreported = spent + self._cpu_unreported, 0.0

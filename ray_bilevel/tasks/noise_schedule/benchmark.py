@@ -7,7 +7,8 @@ from ray_bilevel.config import ConfigError
 from ray_bilevel.space import Budget, space_filling_points
 from ray_bilevel.tasks.noise_schedule.settings import search_space
 
-__all__ = ["ORACLE_DESIGN_POINTS", "ORACLE_DESIGN_SEED", "oracle_points", "BASELINES", "BUDGETS", "SPEC"]
+__all__ = ["ORACLE_DESIGN_POINTS", "ORACLE_DESIGN_SEED", "oracle_points", "BASELINES", "BUDGETS", "FORK_MOVES",
+           "SPEC"]
 
 #: Points of the dense sweep's Latin hypercube per preset (beside the default schedule): at least 25 points in all for
 #: the compared presets, fewer at smoke, where trials last seconds and only the plumbing is tested.
@@ -47,5 +48,10 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
+#: What ``bilevel_fork`` probes: start, end and tau moved by 0.1 each (eps left out: it moves the cosine much like
+#: start, docs/studies/zo_snr.md), the moves of ``studies/train_vs_sample.py`` and ``studies/fork_step.py`` on
+#: development seeds 100-101 (docs/studies/noise_schedule_variants.md; docs/algorithms.md lists the choice).
+FORK_MOVES: dict[str, float] = {"start": 0.1, "end": 0.1, "tau": 0.1}
+
 #: ``NoiseScheduleTask.benchmark``.
-SPEC = BenchmarkSpec(baselines=BASELINES, budgets=BUDGETS, oracle=oracle_points)
+SPEC = BenchmarkSpec(baselines=BASELINES, budgets=BUDGETS, oracle=oracle_points, fork_moves=FORK_MOVES)
