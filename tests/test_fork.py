@@ -111,3 +111,22 @@ def test_the_harness_runs_it_with_the_tasks_moves():
     assert trainable_class(spec.bilevel, spec.param_space) is BenchForkTrainable
     toy = build_experiment("toy", "bilevel_fork", {"task": "toy"}, "upper_loss", "min", 2, Budget(trials=2), 0, 1)
     assert "fork_moves" not in toy.param_space  # no moves declared: 10 % of each parameter's range
+
+
+@pytest.mark.slow
+def test_the_example_runs_through_tune_run_and_returns_the_answer(ray_local, tmp_path):
+    """examples/fork_step_tune_run.py at smoke size: ``tune.run(ForkStepTrainable, ...)`` on the noise schedule, whose
+    last report is the answer (the stepped schedule if it beat the default branch on validation) with test values."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "fork_step_tune_run.py"
+    spec = importlib.util.spec_from_file_location("fork_step_tune_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    last = module.main(["--preset", "smoke", "--storage-path", str(tmp_path)])
+    assert last["done"] and last["fork_phase"] in (1.0, 2.0) and "fid_domain" in last
+    stepped = {k: last[f"fork_step_{k}"] for k in ("start", "end", "tau", "eps")}
+    answer = {k: last[k] for k in stepped}
+    assert answer == (stepped if last["fid_domain_val"] < last["fork_base"] else {**stepped, "start": 0.0, "end": 1.0,
+                                                                                  "tau": 1.0})
