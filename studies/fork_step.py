@@ -38,33 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _dev import map_seeds, parser, run_or_render, schedule_args, schedule_maker, schedule_options  # noqa: E402
 
 
-def moved(q0: dict[str, float], bounds: dict[str, tuple[float, float]], name: str, h: float) -> dict[str, float]:
-    """q0 with ``name`` moved by ``h`` into the interior: up, unless that leaves the bounds and down does not."""
-    lo, hi = bounds[name]
-    if q0[name] + h <= hi:
-        return {**q0, name: q0[name] + h}
-    if q0[name] - h >= lo:
-        return {**q0, name: q0[name] - h}
-    raise SystemExit(f"--h {h} moves {name} = {q0[name]} out of its bounds {bounds[name]} either way: pick a "
-                     "smaller --h.")
-
-
-def stepped(q0: dict[str, float], branches: dict[str, dict[str, Any]], base_value: float, scale: float,
-            bounds: dict[str, tuple[float, float]]) -> dict[str, float]:
-    """q0 moved ``scale`` × each improving branch's move (validation value below ``base_value``), clipped to the
-    bounds."""
-    q = dict(q0)
-    for name, b in branches.items():
-        if b["value"] < base_value:
-            lo, hi = bounds[name]
-            q[name] = min(hi, max(lo, q0[name] + scale * (b["q"][name] - q0[name])))
-    return q
-
-
 def one_seed(seed: int, preset: str, base: dict[str, float], names: list[str], h: dict[str, float], fork: float,
              scales: list[float], retrain: bool, override: dict[str, Any]) -> dict[str, Any]:
     """Steps 1-4 of the module docstring at one development seed."""
     from ray_bilevel import cost
+    from ray_bilevel.tune.fork import moved, stepped
 
     fresh = schedule_maker(preset, seed, override)
 
@@ -106,7 +84,8 @@ def one_seed(seed: int, preset: str, base: dict[str, float], names: list[str], h
     probe_cost = method.total
     answers = []
     for scale in scales:
-        q = stepped(q0, branches, base_value, scale, bounds)
+        improved = {name: b["value"] < base_value for name, b in branches.items()}
+        q = stepped(q0, {name: b["q"] for name, b in branches.items()}, improved, scale, bounds)
         finish = cost.FlopMeter()
         value = base_value if q == q0 else branch(q, finish)
         row = {"scale": scale, "q": q, "finished": value, "cost": (probe_cost + finish.total) / training}

@@ -1,4 +1,5 @@
-"""studies/fork_step.py: one hypergradient step from forked training (smoke size)."""
+"""studies/fork_step.py: one hypergradient step from forked training (smoke size); its moves and steps are the
+library's (tests/test_fork.py)."""
 from __future__ import annotations
 
 import json
@@ -10,22 +11,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "studies"))
 import fork_step  # noqa: E402
-
-BOUNDS = {"start": (0.0, 1.0), "end": (0.0, 1.0), "tau": (1.0, 1e6)}
-
-
-def test_branches_move_into_the_interior_and_the_step_takes_only_improving_moves():
-    q0 = {"start": 0.0, "end": 1.0, "tau": 1.0}
-    assert fork_step.moved(q0, BOUNDS, "end", 0.1)["end"] == pytest.approx(0.9)  # up would leave the bounds
-    assert fork_step.moved(q0, BOUNDS, "start", 0.1)["start"] == pytest.approx(0.1)
-    with pytest.raises(SystemExit, match="either way"):
-        fork_step.moved({"x": 0.5}, {"x": (0.45, 0.55)}, "x", 0.1)
-    branches = {"start": {"q": {**q0, "start": 0.1}, "value": 90.0},  # better than q0's 100: taken
-                "end": {"q": {**q0, "end": 0.9}, "value": 95.0},      # better: taken, scaled, clipped
-                "tau": {"q": {**q0, "tau": 1.1}, "value": 120.0}}     # worse: stays
-    q = fork_step.stepped(q0, branches, 100.0, 2.0, BOUNDS)
-    assert q == pytest.approx({"start": 0.2, "end": 0.8, "tau": 1.0})
-    assert fork_step.stepped(q0, branches, 100.0, 20.0, BOUNDS)["end"] == 0.0  # clipped to the bound
 
 
 def test_the_q0_branch_is_an_uninterrupted_default_training_and_the_run_is_booked(tmp_path):
