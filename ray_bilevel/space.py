@@ -102,6 +102,38 @@ class Budget:
     asha_eta: float = 2.0
     asha_max_trials: int = 8
 
+    def replaced(self, changes: Mapping[str, Any]) -> Budget:
+        """This budget with some of its scheduling fields replaced (compare.py's ``--budget-set KEY=VALUE``).
+
+        Only the fields a user tunes the harness by can change: :data:`BUDGET_SETTABLE`. ``trials`` has its own
+        flags (``--trials``, ``--budget``), ``overrides`` is ``--set`` and ``methods`` is ``--methods``.
+
+        Raises:
+            ConfigError: an unknown or not settable key, a value of the wrong type, or one out of range.
+        """
+        out: dict[str, Any] = {}
+        for key, value in changes.items():
+            kind = BUDGET_SETTABLE.get(key)
+            if kind is None:
+                raise ConfigError(f"--budget-set {key}: not a settable budget field; choose from "
+                                  f"{sorted(BUDGET_SETTABLE)} (trials: --trials or --budget; task settings: --set).")
+            if key == "max_concurrent" and value is None:
+                out[key] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                wanted = "a whole number" if kind is int else "a number"
+                raise ConfigError(f"--budget-set {key}={value!r}: expected {wanted}.")
+            low = 1.0 if key != "asha_eta" else 1.0 + 1e-9
+            if value < low:
+                raise ConfigError(f"--budget-set {key}={value!r}: must be {'> 1' if key == 'asha_eta' else '>= 1'}.")
+            out[key] = kind(value)
+        return dataclasses.replace(self, **out)
+
+
+#: The :class:`Budget` fields ``--budget-set`` may change, and their types.
+BUDGET_SETTABLE: dict[str, type] = {"iterations": int, "pbt_interval": int, "max_concurrent": int, "asha_grace": int,
+                                    "asha_eta": float, "asha_max_trials": int}
+
 
 #: Budgets of a task that declares none of its own.
 DEFAULT_BUDGETS: dict[str, Budget] = {

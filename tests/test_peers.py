@@ -147,3 +147,40 @@ def test_compare_smoke_runs_the_peers_on_both_tasks(tmp_path):
         full = sub["default"]["lower_steps"]
         assert sub["asha"]["lower_steps"] <= sub["asha"]["trials"] * full and sub["asha"]["trials"] >= 2
         assert sub["asha"]["cost_flops"] <= 4 * sub["default"]["cost_flops"] * (1 + 1e-9)  # 4 trainings' compute
+
+
+def test_budget_set_replaces_the_asha_settings_and_refuses_nonsense():
+    from ray_bilevel.benchmark.runner import _task_plan
+    from ray_bilevel.space import Budget
+
+    cfg = compare.parse_args(["--task", "toy", "--preset", "smoke", "--budget-set", "asha_grace=2",
+                              "--budget-set", "asha_eta=3"])
+    assert cfg.budget_overrides == {"asha_grace": 2, "asha_eta": 3}
+    budget = _task_plan("toy", cfg).budget
+    assert (budget.asha_grace, budget.asha_eta) == (2, 3.0) and isinstance(budget.asha_eta, float)
+    assert budget.asha_max_trials == Budget(trials=1).asha_max_trials  # the rest stays
+    for bad, match in (({"trials": 3}, "not a settable"), ({"asha_grace": 1.5}, "whole number"),
+                       ({"asha_eta": 1}, "> 1"), ({"iterations": 0}, ">= 1"), ({"asha_grace": "two"}, "whole")):
+        with pytest.raises(Exception, match=match):
+            Budget(trials=2).replaced(bad)
+    with pytest.raises(Exception, match="--budget-set takes KEY=VALUE"):
+        compare.parse_args(["--budget-set", "asha_grace"])
+
+
+def test_validation_only_chooses_on_validation_and_never_evaluates_on_test(ray_local, tmp_path, monkeypatch):
+    """``--validation-only`` (the development-seed studies of hand choices, studies/select_asha.py): every method
+    still chooses its answer on validation, and the reporting on test never runs."""
+    from ray_bilevel.benchmark import runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the test-split reporting ran under --validation-only")
+
+    monkeypatch.setattr(runner, "evaluate_runs", refuse)
+    cfg = compare.parse_args(["--task", "toy", "--preset", "smoke", "--methods", "default,asha", "--seeds", "100",
+                              "--budget-set", "asha_grace=2", "--validation-only", "--out", str(tmp_path),
+                              "--no-plots", "--verbose", "0"])
+    assert cfg.validation_only
+    rows = {r.row["method"]: r.row for r in run_benchmark(cfg)}
+    for row in rows.values():
+        assert row["metric_value_val"] is not None and row["metric_value"] is None and row.get("regret") is None
+    assert rows["asha"]["cost_flops"] > 0 and rows["asha"]["trials"] >= 1

@@ -30,7 +30,11 @@ class BenchmarkConfig:
     out: str = "benchmark_results"
     resume: bool = False
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # fields of every task's Budget replaced for this run (ray_bilevel.space.BUDGET_SETTABLE), e.g. asha_grace
+    budget_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     verbose: int = 1
+    # choose on validation and stop there: no test-split reporting (studies of hand choices on development seeds)
+    validation_only: bool = False
     plots: bool = True
     # methods run at once on one Ray instance (>1: each method's wall time then includes waiting for cores other
     # methods hold; compare cost by CPU-seconds); None: as many as trials fit at once (compare.py's default)

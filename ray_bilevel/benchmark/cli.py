@@ -72,10 +72,17 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Benchm
                    "the finished one, in NAME-tN; default, bilevel and dense are reused)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="task setting for every trial, e.g. --set eval_samples=500")
+    p.add_argument("--budget-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a field of every task's benchmark budget, e.g. --budget-set asha_grace=2 --budget-set "
+                   "asha_eta=3 (asha_grace, asha_eta, asha_max_trials, iterations, pbt_interval, max_concurrent; "
+                   "defaults in ray_bilevel/space.py's Budget and each task's benchmark.py)")
     p.add_argument("--concurrent-methods", default="auto", metavar="N",
                    help="run up to N methods at once on the Ray instance (default auto: as many as trials fit at once, "
                    "so a single-trial method does not leave cores idle; each method's wall time then includes waiting "
                    "for cores others hold: compare cost by CPU-s; 1: one at a time, each method's wall time its own)")
+    p.add_argument("--validation-only", action="store_true",
+                   help="stop at the validation-chosen answers: no test-split reporting, no regret (for choosing a "
+                   "setting on development seeds >= 100; rows keep their *_val metrics)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2, 3),
                    help="Tune's verbosity (default 1: status tables)")
@@ -115,7 +122,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Benchm
     return BenchmarkConfig(
         tasks=tasks, preset=a.preset, methods=methods, trials=trials, seed=a.seed, seeds=seeds, address=a.address,
         num_cpus=a.num_cpus, resources=parse_resources(a.resources_per_trial), storage_path=a.storage_path,
-        out=a.out, resume=a.resume, overrides=parse_key_values(a.set), verbose=a.verbose, plots=not a.no_plots,
+        out=a.out, resume=a.resume, overrides=parse_key_values(a.set),
+        budget_overrides=parse_key_values(a.budget_set, "--budget-set"), verbose=a.verbose, plots=not a.no_plots,
+        validation_only=a.validation_only,
         concurrent_methods=concurrent,
     )
 

@@ -226,9 +226,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> list[MethodRun]:
             jobs.extend((plan, seed, method) for method in plan.methods)
     runs = _run_jobs(jobs, cfg, storage, max_concurrent)
     tuned = time.perf_counter() - t_all
-    reporting_cpu, reporting_reused = evaluate_runs(runs, cfg.out, cfg.resources, _remote_options, log,
-                                                    reuse=cfg.resume)
-    add_regret([r.row for r in runs])
+    if cfg.validation_only:  # a development study: the answers stand on validation; nothing reads the test split
+        log("--validation-only: no test-split reporting; each row keeps its validation metrics")
+        reporting_cpu, reporting_reused = 0.0, 0
+    else:
+        reporting_cpu, reporting_reused = evaluate_runs(runs, cfg.out, cfg.resources, _remote_options, log,
+                                                        reuse=cfg.resume)
+        add_regret([r.row for r in runs])
     wall = time.perf_counter() - t_all
     log(f"all methods done in {wall:.1f} s ({tuned:.1f} s tuning, {wall - tuned:.1f} s reporting)")
     cores = _cluster_cpus()
@@ -294,7 +298,7 @@ def _task_plan(task: Any, cfg: BenchmarkConfig) -> TaskPlan:
     """Methods, trial constants, objective, budget and hyperparameter names of one task (raises early)."""
     cls = get_task(task)
     name = cls.name or cls.__name__
-    profile = cls.benchmark.budget(cfg.preset)
+    profile = cls.benchmark.budget(cfg.preset).replaced(cfg.budget_overrides)
     methods = list(cfg.methods or profile.methods or methods_for(cls))
     offered = offered_methods(cls)
     for m in methods:
