@@ -1,7 +1,10 @@
 """The ablation table of a compare.py results folder: each route of a bilevel method on and off, and against the best
 peer, paired by seed (issue #24: "each route's contribution (on, off) in test metric and cost_flops").
+A route whose "off" is the same method with other settings (``compare.py --methods bilevel --set KEY=VALUE`` run
+apart) joins that run's rows under a name of its own: ``--variant bilevel_gradient=DIR:bilevel``.
 
     python benchmarks/ablation_md.py RESULTS_DIR --route "learn, then retrain=bilevel_retrain:bilevel" [--route ...]
+                                     [--variant LABEL=DIR[:METHOD] ...]
 
 A route is ``NAME=ON:OFF``: two methods of the same run that differ by that route alone (e.g. ``bilevel_retrain``
 is ``bilevel`` plus one fresh training at the learned schedule). Per route: the test selection metric and counted
@@ -25,7 +28,7 @@ from ray_bilevel.benchmark.store import read_json
 from ray_bilevel.benchmark.tables import difference_cell, format_number
 from ray_bilevel.config import ConfigError
 
-__all__ = ["parse_route", "table", "main"]
+__all__ = ["parse_route", "parse_variant", "variant_rows", "table", "main"]
 
 #: Methods never taken as "the best peer": the untuned default and the oracle sweep.
 NOT_PEERS = ("default", "dense")
@@ -38,6 +41,32 @@ def parse_route(text: str) -> tuple[str, str, str]:
     if not (sep and sep2 and name.strip() and on.strip() and off.strip()):
         raise ConfigError(f"a route looks like 'learn, then retrain=bilevel_retrain:bilevel', got {text!r}.")
     return name.strip(), on.strip(), off.strip()
+
+
+def parse_variant(text: str) -> tuple[str, str, str]:
+    """``"LABEL=DIR[:METHOD]"`` → (label, folder, method); the method defaults to ``bilevel``."""
+    label, sep, rest = text.partition("=")
+    folder, _, method = rest.rpartition(":") if ":" in rest else (rest, "", "bilevel")
+    if not (sep and label.strip() and folder.strip() and method.strip()):
+        raise ConfigError(f"a variant looks like 'bilevel_gradient=docs/benchmarks/DIR:bilevel', got {text!r}.")
+    return label.strip(), folder.strip(), method.strip()
+
+
+def variant_rows(rows: Sequence[dict[str, Any]], label: str, other: Sequence[dict[str, Any]],
+                 method: str) -> list[dict[str, Any]]:
+    """``other``'s rows of ``method``, renamed ``label``, checked to be the same task and preset as ``rows``."""
+    if any(r.get("method") == label for r in rows):
+        raise ConfigError(f"--variant {label}: the run already has a method of that name; choose another label.")
+    picked = [dict(r, method=label) for r in other if r.get("method") == method]
+    if not picked:
+        raise ConfigError(f"--variant {label}: no rows of method {method!r} there "
+                          f"(it has {sorted({str(r.get('method')) for r in other})}).")
+    for key in ("task", "preset"):
+        mine, theirs = {r.get(key) for r in rows}, {r.get(key) for r in picked}
+        if not theirs <= mine:
+            raise ConfigError(f"--variant {label}: {key} {sorted(map(str, theirs))} is not the run's "
+                              f"{sorted(map(str, mine))}; compare runs of one task and preset.")
+    return picked
 
 
 def _pm(values: list[float]) -> str:
@@ -97,13 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--route", action="append", required=True,
                    help="NAME=ON:OFF, e.g. 'retrain=bilevel_retrain:bilevel'")
     p.add_argument("--task", default=None, help="the task's rows to use when the folder holds several")
+    p.add_argument("--variant", action="append", default=[],
+                   help="LABEL=DIR[:METHOD]: METHOD's rows (default bilevel) of another results folder, as LABEL")
     args = p.parse_args(argv)
-    path = os.path.join(args.results_dir, "results.json")
-    try:
+
+    def load(folder: str) -> list[dict[str, Any]]:
+        path = os.path.join(folder, "results.json")
         rows = [dict(r) for r in read_json(path, f"pass a compare.py results folder; {path} is unreadable.",
                                            expect=list)]
-        if args.task:
-            rows = [r for r in rows if r.get("task") == args.task]
+        return [r for r in rows if r.get("task") == args.task] if args.task else rows
+
+    try:
+        rows = load(args.results_dir)
+        for text in args.variant:
+            label, folder, method = parse_variant(text)
+            rows += variant_rows(rows, label, load(folder), method)
         add_regret(rows)
         text = table(rows, [parse_route(r) for r in args.route])
     except (ConfigError, FileNotFoundError) as exc:

@@ -49,3 +49,29 @@ def test_on_a_committed_run(capsys):
     assert ablation_md.main([str(ROOT / "docs/benchmarks/quick_lambda_fair"), "--route", "tuning=bilevel:default"]) == 0
     out = capsys.readouterr().out
     assert "| tuning | bilevel | default | 5 |" in out and "best peer (weighted_sum)" in out
+
+
+def test_a_variant_run_joins_under_its_own_name(tmp_path, capsys):
+    import json
+
+    rows = _rows()
+    other = [dict(r, metric_value=r["metric_value"] + 2.0, cost_flops=9e9) for r in rows if r["method"] == "b"]
+    (tmp_path / "results.json").write_text(json.dumps(other))
+    joined = ablation_md.variant_rows(rows, "b_slow", other, "b")
+    assert {r["method"] for r in joined} == {"b_slow"} and len(joined) == 3
+    text = ablation_md.table(rows + joined, [("fast route", "b", "b_slow")])
+    cells = [c.strip() for c in text.strip().splitlines()[2].strip("|").split("|")]
+    assert cells[6] == "-2.00 [-2.0, -2.0] b better" and cells[8] == "9.00 ± 0"  # same seeds, +2 each
+    assert ablation_md.parse_variant("v=some/dir") == ("v", "some/dir", "bilevel")
+    assert ablation_md.parse_variant("v=some/dir:b") == ("v", "some/dir", "b")
+    with pytest.raises(ConfigError, match="already has a method"):
+        ablation_md.variant_rows(rows, "b", other, "b")
+    with pytest.raises(ConfigError, match="no rows of method"):
+        ablation_md.variant_rows(rows, "v", other, "random")
+    with pytest.raises(ConfigError, match="task"):
+        ablation_md.variant_rows(rows, "v", [dict(r, task="other") for r in other], "b")
+    src = tmp_path / "run"
+    src.mkdir()
+    (src / "results.json").write_text(json.dumps(rows))
+    assert ablation_md.main([str(src), "--variant", f"b_slow={tmp_path}:b", "--route", "fast=b:b_slow"]) == 0
+    assert "| fast | b | b_slow | 3 |" in capsys.readouterr().out
