@@ -41,6 +41,9 @@ class BenchmarkSpec:
         fork_moves: the coordinates the ``bilevel_fork`` method probes and their moves (``{name: h}``, chosen on
             development seeds; ``None``: every parameter of the search space, 10 % of its range;
             :class:`~ray_bilevel.tune.fork.ForkStepTrainable`).
+        bilevel_method: the bilevel variant the task's evidence supports, chosen on development seeds: what
+            compare.py's first look (the command without flags) runs as its bilevel method. ``"bilevel"`` (the
+            trainable of the paper's algorithm) unless a variant beat it there.
     """
 
     baselines: tuple[str, ...] = PAPER_METHODS
@@ -48,6 +51,7 @@ class BenchmarkSpec:
     oracle: Callable[[str], list[dict[str, float]]] | None = None
     task_methods: Mapping[str, TaskMethod] = dataclasses.field(default_factory=dict)
     fork_moves: Mapping[str, float] | None = None
+    bilevel_method: str = "bilevel"
 
     def budget(self, preset: str) -> Budget:
         """The budget at ``preset`` (trials per searcher, Tune iterations per trial, overrides)."""

@@ -39,7 +39,7 @@ def test_cli_parses_every_option():
     assert cfg.overrides == {"eval_samples": 32, "family": "cosine"}
     default = compare.parse_args([])  # the first look: bilevel, the default and random search at 2 trials
     assert default.tasks == ["noise_schedule", "reward_lambda"] and default.preset == "quick"
-    assert (default.methods, default.trials) == (["default", "bilevel", "random"], 2)
+    assert (default.methods, default.trials) == (["default", "bilevel", "random"], 2) and default.first_look
     full = compare.parse_args(["--full"])  # the task's baselines and the oracle at the preset's budgets
     assert (full.methods, full.trials) == (None, None)
     assert compare.parse_args(["--methods", "bayes"]).trials is None  # any budget or method flag: no first look
@@ -395,3 +395,18 @@ def test_the_cli_is_one_command_under_three_names(capsys):
     assert compare.parse_args is parse_args  # the script is the thin shell over the package's CLI
     out = subprocess.run([sys.executable, "-m", "ray_bilevel.benchmark", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "usage: python -m ray_bilevel.benchmark" in out.stdout
+
+
+def test_the_first_look_runs_each_tasks_supported_bilevel_variant():
+    """The README's main job runs, as its bilevel method, the variant each task's evidence supports
+    (``BenchmarkSpec.bilevel_method``: bilevel_fork on the noise schedule, chosen on development seeds); naming
+    ``--methods bilevel`` runs the paper's algorithm, whatever the task."""
+    from ray_bilevel.benchmark.runner import _task_plan
+
+    first = compare.parse_args([])
+    assert _task_plan("noise_schedule", first).methods == ["default", "bilevel_fork", "random"]
+    assert _task_plan("reward_lambda", first).methods == ["default", "bilevel", "random"]
+    named = compare.parse_args(["--methods", "default,bilevel,random", "--trials", "2"])
+    assert not named.first_look and _task_plan("noise_schedule", named).methods == ["default", "bilevel", "random"]
+    full = compare.parse_args(["--full"])  # the paper's bilevel and the supported variant side by side
+    assert {"bilevel", "bilevel_fork"} <= set(_task_plan("noise_schedule", full).methods)

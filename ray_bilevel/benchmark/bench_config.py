@@ -35,6 +35,8 @@ class BenchmarkConfig:
     verbose: int = 1
     # choose on validation and stop there: no test-split reporting (studies of hand choices on development seeds)
     validation_only: bool = False
+    # the command without flags (README): its "bilevel" is each task's supported variant (BenchmarkSpec.bilevel_method)
+    first_look: bool = False
     plots: bool = True
     # methods run at once on one Ray instance (>1: each method's wall time then includes waiting for cores other
     # methods hold; compare cost by CPU-seconds); None: as many as trials fit at once (compare.py's default)

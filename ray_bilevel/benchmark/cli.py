@@ -28,7 +28,8 @@ from ray_bilevel.tune.cluster import parse_resources  # noqa: E402
 __all__ = ["parse_args", "main", "entry", "FIRST_LOOK"]
 PROG = "compare.py"
 #: the command without flags: bilevel, the default and the strongest cheap peer (random search at 2 trials), both
-#: tasks at the quick preset, no oracle, so that it ends within 20 minutes on 2 cores (README); --full for the rest
+#: tasks at the quick preset, no oracle, so that it ends within 20 minutes on 2 cores (README); --full for the rest.
+#: Its "bilevel" is each task's supported variant (``BenchmarkSpec.bilevel_method``: bilevel_fork on the noise schedule)
 FIRST_LOOK = ("default", "bilevel", "random")
 FIRST_LOOK_TRIALS = 2
 
@@ -54,7 +55,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Benchm
     p.add_argument("--full", action="store_true",
                    help="the full comparison: the task's baselines (the paper's) and the dense oracle at the preset's "
                    "budgets; without it (and without --methods/--trials/--budget), the quick preset runs the first "
-                   f"look: {','.join(FIRST_LOOK)} with {FIRST_LOOK_TRIALS} trials per searcher")
+                   f"look: {','.join(FIRST_LOOK)} with {FIRST_LOOK_TRIALS} trials per searcher (bilevel: each task's "
+                   "supported variant, bilevel_fork on the noise schedule)")
     p.add_argument("--seed", type=int, default=0, help="seed of every task and searcher (default 0)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2: every method runs once per seed "
                    "(task and searcher seed); the table shows mean ± 95%% interval and paired differences")
@@ -105,7 +107,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Benchm
             raise ConfigError(f"--budget takes a positive whole number of full trainings such as 4x, got "
                               f"{a.budget!r}.")
         trials = int(text)
-    if a.preset == "quick" and not (a.full or methods or a.trials or a.budget):  # the first look (README)
+    first_look = a.preset == "quick" and not (a.full or methods or a.trials or a.budget)  # the README's main job
+    if first_look:
         methods, trials = list(FIRST_LOOK), FIRST_LOOK_TRIALS
     seeds = None
     if a.seeds:
@@ -124,7 +127,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Benchm
         num_cpus=a.num_cpus, resources=parse_resources(a.resources_per_trial), storage_path=a.storage_path,
         out=a.out, resume=a.resume, overrides=parse_key_values(a.set),
         budget_overrides=parse_key_values(a.budget_set, "--budget-set"), verbose=a.verbose, plots=not a.no_plots,
-        validation_only=a.validation_only,
+        validation_only=a.validation_only, first_look=first_look,
         concurrent_methods=concurrent,
     )
 

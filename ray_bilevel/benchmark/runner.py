@@ -300,6 +300,8 @@ def _task_plan(task: Any, cfg: BenchmarkConfig) -> TaskPlan:
     name = cls.name or cls.__name__
     profile = cls.benchmark.budget(cfg.preset).replaced(cfg.budget_overrides)
     methods = list(cfg.methods or profile.methods or methods_for(cls))
+    if cfg.first_look:  # the first look runs the bilevel variant the task's evidence supports
+        methods = [cls.benchmark.bilevel_method if m == "bilevel" else m for m in methods]
     offered = offered_methods(cls)
     for m in methods:
         if m not in offered:
