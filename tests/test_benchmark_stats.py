@@ -14,7 +14,14 @@ import pytest
 
 from ray_bilevel.benchmark.outputs import COLUMNS, write_summary
 from ray_bilevel.benchmark.plots import anytime_plot, make_summary_plots, oracle_plot
-from ray_bilevel.benchmark.stats import direction, mean_ci, paired_differences, summarise, sweep_summary
+from ray_bilevel.benchmark.stats import (
+    direction,
+    mean_ci,
+    paired_differences,
+    summarise,
+    sweep_summary,
+    task_reference,
+)
 from ray_bilevel.benchmark.tables import markdown_report, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +152,22 @@ def test_paired_differences_pair_by_seed_with_verdicts(rows):
         and direction("metric_value", "max") == "max"
     )
     assert direction("wall_time_s") == "min" and direction("metric_value") is None
+
+
+def test_a_task_without_bilevel_pairs_against_its_bilevel_variant(rows):
+    """The first look runs ``bilevel_fork`` in place of ``bilevel`` on the noise schedule: that task's paired
+    differences (and its report's paired table) take the variant as the reference; a task with ``bilevel`` keeps it."""
+    renamed = [dict(r, method="bilevel_fork") if r["task"] == "noise_schedule" and r["method"] == "bilevel" else r
+               for r in rows]
+    assert task_reference([r for r in renamed if r["task"] == "noise_schedule"]) == "bilevel_fork"
+    assert task_reference([r for r in renamed if r["task"] == "reward_lambda"]) == "bilevel"
+    assert task_reference([r for r in renamed if r["method"] == "default"]) is None
+    paired = {(p["task"], p["method"], p["metric"]): p for p in paired_differences(renamed)}
+    p = paired[("noise_schedule", "default", "metric_value")]
+    assert p["reference"] == "bilevel_fork" and p["mean"] == pytest.approx(-5.1) and p["better"] == "bilevel_fork"
+    assert paired[("reward_lambda", "default", "metric_value")]["reference"] == "bilevel"
+    text = markdown_report(renamed)
+    assert "**bilevel_fork − baseline**" in text and "**bilevel − baseline**" in text
 
 
 def test_markdown_report_tables(rows, tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 from ray_bilevel.benchmark.common import finite
 
 __all__ = ["NUMERIC_KEYS", "TEST_METRICS", "direction", "mean_ci", "summarise", "paired_differences", "sweep_summary",
-           "sweep_slice", "task_mode"]
+           "sweep_slice", "task_mode", "task_reference"]
 
 #: Test metrics of a row (each has a ``_val`` twin: the same metric on the validation split).
 TEST_METRICS = ("fid", "fid_domain", "is", "alignment", "reward")
@@ -108,10 +108,20 @@ def _by_seed(rows: Sequence[Mapping[str, Any]], key: str) -> dict[Any, float]:
     return out
 
 
+def task_reference(rows: Sequence[Mapping[str, Any]], reference: str = "bilevel") -> str | None:
+    """The reference method of one task's rows: ``reference`` itself, else its first variant in the rows
+    (``reference_*``, e.g. ``bilevel_fork`` where the first look ran that in place of ``bilevel``), else ``None``."""
+    methods = _ordered(rows, "method")
+    if reference in methods:
+        return reference
+    return next((m for m in methods if str(m).startswith(f"{reference}_")), None)
+
+
 def paired_differences(rows: Sequence[Mapping[str, Any]], reference: str = "bilevel",
                        level: float = 0.95) -> list[dict[str, Any]]:
     """For each task with a ``reference`` row, each other method and each key of :data:`NUMERIC_KEYS`: the
-    per-seed differences ``reference − other`` over the seeds both report, summarised by :func:`mean_ci`.
+    per-seed differences ``reference − other`` over the seeds both report, summarised by :func:`mean_ci`. A task
+    without ``reference`` rows is paired against its first variant (:func:`task_reference`).
 
     Each entry: ``task, reference, method, metric, mean, ci95_low, ci95_high, n, seeds, verdict, better``.
     ``verdict`` is ``"tie"`` when the interval contains 0 or ``n < 2``, else ``"lower"`` / ``"higher"`` (the
@@ -121,12 +131,13 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], reference: str = "bile
     out = []
     for task in _ordered(rows, "task"):
         sub = [r for r in rows if r.get("task") == task]
-        ref_rows = [r for r in sub if r.get("method") == reference]
-        if not ref_rows:
+        ref = task_reference(sub, reference)
+        if ref is None:
             continue
+        ref_rows = [r for r in sub if r.get("method") == ref]
         mode = task_mode(sub)
         for method in _ordered(sub, "method"):
-            if method == reference:
+            if method == ref:
                 continue
             other_rows = [r for r in sub if r.get("method") == method]
             for key in NUMERIC_KEYS:
@@ -145,8 +156,8 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], reference: str = "bile
                 elif way is None:
                     better = None
                 else:
-                    better = reference if (verdict == "lower") == (way == "min") else method
-                out.append({"task": task, "reference": reference, "method": method, "metric": key, "mean": mean,
+                    better = ref if (verdict == "lower") == (way == "min") else method
+                out.append({"task": task, "reference": ref, "method": method, "metric": key, "mean": mean,
                             "ci95_low": low, "ci95_high": high, "n": n, "seeds": seeds, "verdict": verdict,
                             "better": better})
     return out

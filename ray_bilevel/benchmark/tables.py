@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ray_bilevel.benchmark.stats import paired_differences, summarise, sweep_summary, task_mode
+from ray_bilevel.benchmark.stats import paired_differences, summarise, sweep_summary, task_mode, task_reference
 from ray_bilevel.benchspec import GENERIC_METHODS
 
 __all__ = ["markdown_report", "markdown_table", "format_number", "difference_cell", "REFERENCE", "ORACLE"]
@@ -239,18 +239,19 @@ def markdown_report(rows: Sequence[dict[str, Any]], reference: str = REFERENCE) 
             cells = [m, str(n_seeds), _best_config_cell(mrows)]
             cells += [_pm(summary.get((task, m, k)), n_seeds) for k in keys]
             out.append("| " + " | ".join(cells + [trial_text]) + " |")
-        if reference in methods and len(methods) > 1:
+        ref = task_reference(sub, reference)  # bilevel, or the variant the first look ran in its place
+        if ref is not None and len(methods) > 1:
             pkeys = ["metric_value", "metric_value_val", *others, *cost, "cpu_s", "wall_time_s"]
             phead = [f"{metric} test", f"{metric} val", *(f"{_METRIC_HEADERS[m]} test" for m in others),
                      *(["GFLOP"] * len(cost)), "CPU s", "wall s"]
-            out.append(f"\n**{reference} − baseline**, paired by seed: mean difference [95 % t interval] over the "
+            out.append(f"\n**{ref} − baseline**, paired by seed: mean difference [95 % t interval] over the "
                        "seeds both have; `tie` when the interval contains 0, else the better method given the "
                        f"metric's direction (`{metric}`: {_mode_text(mode)}); one seed gives no interval and no "
                        "verdict.\n")
             out.append("| baseline | paired seeds | " + " | ".join(phead) + " |")
             out.append("|" + "---|" * (len(phead) + 2))
             for m in methods:
-                if m == reference:
+                if m == ref:
                     continue
                 entries = [paired.get((task, m, k)) for k in pkeys]
                 n = max((e["n"] for e in entries if e), default=0)
