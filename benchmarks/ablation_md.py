@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ray_bilevel.benchmark.evaluation import add_regret
 from ray_bilevel.benchmark.stats import mean_ci, paired_differences, task_mode
 from ray_bilevel.benchmark.store import read_json
-from ray_bilevel.benchmark.tables import difference_cell, format_number
+from ray_bilevel.benchmark.tables import difference_cell, format_number, print_markdown
 from ray_bilevel.config import ConfigError
 
 __all__ = ["parse_route", "parse_variant", "variant_rows", "table", "main"]
@@ -136,19 +135,15 @@ def main(argv: list[str] | None = None) -> int:
                                            expect=list)]
         return [r for r in rows if r.get("task") == args.task] if args.task else rows
 
-    try:
+    def build() -> str:
         rows = load(args.results_dir)
         for text in args.variant:
             label, folder, method = parse_variant(text)
             rows += variant_rows(rows, label, load(folder), method)
         add_regret(rows)
-        text = table(rows, [parse_route(r) for r in args.route])
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"ablation_md.py: {exc}", file=sys.stderr)
-        return 2
-    print(text, end="")
-    return 0
+        return table(rows, [parse_route(r) for r in args.route])
 
+    return print_markdown("ablation_md.py", build)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from ray_bilevel.benchmark.store import read_json
-from ray_bilevel.benchmark.tables import format_number
+from ray_bilevel.benchmark.tables import format_number, print_markdown
 from ray_bilevel.config import ConfigError
 
 __all__ = ["at_least_as_good", "first_reach", "table", "main"]
@@ -105,20 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default=None, help="the task's curves to use when the folder holds several")
     args = p.parse_args(argv)
     path = os.path.join(args.results_dir, "curves.json")
-    try:
+
+    def build() -> str:
         data = read_json(path, f"pass a compare.py results folder; {path} is unreadable.", expect=dict)
         if args.task is None and len(data) != 1:
             raise ConfigError(f"{path} holds tasks {sorted(data)}: pass --task.")
         task = args.task if args.task is not None else next(iter(data))
         if task not in data:
             raise ConfigError(f"--task {task}: not in {path} (it has {sorted(data)}).")
-        text = table(data[task], args.method)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"reach_md.py: {exc}", file=sys.stderr)
-        return 2
-    print(text, end="")
-    return 0
+        return table(data[task], args.method)
 
+    return print_markdown("reach_md.py", build)
 
 if __name__ == "__main__":
     raise SystemExit(main())

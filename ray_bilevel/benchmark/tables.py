@@ -7,13 +7,29 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray_bilevel.benchmark.stats import paired_differences, summarise, sweep_summary, task_mode, task_reference
 from ray_bilevel.benchspec import GENERIC_METHODS
+from ray_bilevel.config import ConfigError
 
-__all__ = ["markdown_report", "markdown_table", "format_number", "difference_cell", "REFERENCE", "ORACLE"]
+__all__ = ["markdown_report", "markdown_table", "format_number", "difference_cell", "print_markdown",
+           "REFERENCE", "ORACLE"]
+
+
+def print_markdown(prog: str, build: Callable[[], str]) -> int:
+    """A markdown script's ending (benchmarks/ablation_md.py, reach_md.py): print what ``build`` returns and exit 0,
+    or print a one-line error naming ``prog`` (a bad option or folder: :class:`ConfigError`, a missing file) and exit
+    2."""
+    try:
+        text = build()
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
 
 
 def _compared(method: str) -> bool:
