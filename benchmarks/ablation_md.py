@@ -145,5 +145,6 @@ def main(argv: list[str] | None = None) -> int:
 
     return print_markdown("ablation_md.py", build)
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -57,8 +57,7 @@ def table(curves: Mapping[str, Mapping[str, Mapping[str, Any]]], method: str) ->
     """The markdown table (see the module docstring) of one task's curves, ``{method: {seed: curve}}``."""
     if method not in curves:
         raise ConfigError(f"--method {method}: no curves of it in this run (it has {sorted(curves)}).")
-    mine = {seed: _final(c) for seed, c in curves[method].items()}
-    mine = {seed: f for seed, f in mine.items() if f is not None}
+    mine = {seed: f for seed, c in curves[method].items() if (f := _final(c)) is not None}
     if not mine:
         raise ConfigError(f"--method {method}: its curves have no point with a test value.")
     first = next(iter(curves[method].values()))
@@ -115,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return table(data[task], args.method)
 
     return print_markdown("reach_md.py", build)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
